@@ -366,7 +366,7 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
     batch_size : int
         Windows per model call (and per HDF5 read).
     progress : bool
-        Show a tqdm bar.
+        Show a tqdm bar (on a terminal only).
 
     Returns
     -------
@@ -408,7 +408,7 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
             if any(w is not None and w != e for w, e in zip(want, expected)):
                 raise WsiheatError(f"{path}: windows of shape {expected} do not fit the model's input {want}")
         scores = np.empty(n, np.float64)
-        bar = tqdm(total=n, desc="predict", unit="patch", disable=not progress, smoothing=0.1)
+        bar = tqdm(total=n, desc="predict", unit="patch", disable=None if progress else True, smoothing=0.1)
         # read in multiples of the HDF5 chunk when possible
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
@@ -1021,7 +1021,7 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
     metas = _read_result_jsons(results) if results.is_dir() else {}
     d = 2 ** level
     detections, masks = {}, {}
-    for name in tqdm(sorted(det_files), desc="FROC", unit="slide", disable=not progress):
+    for name in tqdm(sorted(det_files), desc="FROC", unit="slide", disable=None if progress else True):
         probs, xs, ys = read_detections(det_files[name], allow_empty=allow_empty)
         detections[name] = (probs, xs, ys)
         dims = metas.get(name, {}).get("dimensions")
