@@ -96,7 +96,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -660,23 +660,42 @@ def evaluation_mask(tumor: np.ndarray, mpp: float = CAMELYON16_MPP, level: int =
         Lesion labels 1..n (8-connectivity), 0 outside: tumor grown by
         ``distance < 75 / (mpp * 2**level * 2)`` level pixels, holes filled.
     """
-    from scipy import ndimage
-    from skimage import measure
-
     _check_mpp_level(mpp, level)
     tumor = np.asarray(tumor) != 0
     if tumor.ndim != 2:
         raise WsiheatError(f"evaluation mask: tumor mask must be 2-D (got shape {tumor.shape})")
     labels = np.zeros(tumor.shape, np.int32)
+    crop, (r0, c0) = evaluation_mask_cropped(tumor, mpp, level)
+    labels[r0:r0 + crop.shape[0], c0:c0 + crop.shape[1]] = crop
+    return labels
+
+
+def evaluation_mask_cropped(tumor: np.ndarray, mpp: float = CAMELYON16_MPP,
+                            level: int = EVALUATION_MASK_LEVEL) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`evaluation_mask` restricted to the tumor's bounding box plus a margin.
+
+    Crops to the tumor's bounding box plus a margin beyond the growth radius
+    and a one-pixel background frame (clipped to the image): the distances
+    below the threshold, the holes (background not connected to the frame) and
+    the label numbering (raster order of each component's first pixel) are the
+    same as on the whole image; outside the crop every label is 0.
+
+    Returns
+    -------
+    labels : ndarray of int32
+        The labels inside the crop (shape (0, 0) when there is no tumor).
+    origin : (int, int)
+        (row, column) of the crop's top-left in the full mask.
+    """
+    from scipy import ndimage
+    from skimage import measure
+
+    tumor = np.asarray(tumor) != 0
     rows = np.flatnonzero(tumor.any(axis=1))
     if rows.size == 0:
-        return labels
+        return np.zeros((0, 0), np.int32), (0, 0)
     cols = np.flatnonzero(tumor.any(axis=0))
     thr = margin_threshold(mpp, level)
-    # Crop to the tumor's bounding box plus a margin beyond the growth radius
-    # (plus a one-pixel background frame): distances below the threshold, the
-    # holes (background not connected to the frame) and the label numbering
-    # (raster order of each component's first pixel) are all unchanged.
     m = int(math.ceil(thr)) + 2
     r0, r1 = max(0, rows[0] - m), min(tumor.shape[0], rows[-1] + m + 1)
     c0, c1 = max(0, cols[0] - m), min(tumor.shape[1], cols[-1] + m + 1)
@@ -684,8 +703,7 @@ def evaluation_mask(tumor: np.ndarray, mpp: float = CAMELYON16_MPP, level: int =
     distance = ndimage.distance_transform_edt(~crop)
     binary = distance < thr
     filled = ndimage.binary_fill_holes(binary)
-    labels[r0:r1, c0:c1] = measure.label(filled, connectivity=2)
-    return labels
+    return measure.label(filled, connectivity=2).astype(np.int32), (int(r0), int(c0))
 
 
 def itc_labels(labels: np.ndarray, mpp: float = CAMELYON16_MPP, level: int = EVALUATION_MASK_LEVEL) -> list[int]:
@@ -726,7 +744,8 @@ class SlideMatch:
 
 
 def match_detections(probs: np.ndarray, xs: np.ndarray, ys: np.ndarray, labels: np.ndarray | None,
-                     itc: Iterable[int] = (), level: int = EVALUATION_MASK_LEVEL, name: str = "") -> SlideMatch:
+                     itc: Iterable[int] = (), level: int = EVALUATION_MASK_LEVEL, name: str = "",
+                     origin: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None) -> SlideMatch:
     """compute_FP_TP_Probs: split one slide's detections into FPs and per-lesion TP scores.
 
     Parameters
@@ -742,6 +761,10 @@ def match_detections(probs: np.ndarray, xs: np.ndarray, ys: np.ndarray, labels: 
         ITC labels (hits on them are ignored).
     level : int
         Lookup at ``labels[y // 2**level, x // 2**level]``.
+    origin, shape : optional
+        When ``labels`` is a crop (:func:`evaluation_mask_cropped`): its
+        (row, column) in the full mask, and the full mask's (rows, columns);
+        detections inside the full mask but outside the crop are on label 0.
 
     Returns
     -------
@@ -756,13 +779,17 @@ def match_detections(probs: np.ndarray, xs: np.ndarray, ys: np.ndarray, labels: 
     labels = np.asarray(labels)
     max_label = int(labels.max()) if labels.size else 0
     d = 2 ** level
+    full = tuple(shape) if shape is not None else labels.shape
     r, c = ys // d, xs // d
-    outside = (r < 0) | (c < 0) | (r >= labels.shape[0]) | (c >= labels.shape[1])
+    outside = (r < 0) | (c < 0) | (r >= full[0]) | (c >= full[1])
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise WsiheatError(f"{name}: detection at ({xs[i]}, {ys[i]}) lies outside the evaluation mask "
-                           f"({labels.shape[1] * d}x{labels.shape[0] * d} level-0 pixels)")
-    hit = labels[r, c].astype(np.int64)
+                           f"({full[1] * d}x{full[0] * d} level-0 pixels)")
+    r, c = r - origin[0], c - origin[1]
+    in_crop = (r >= 0) & (c >= 0) & (r < labels.shape[0]) & (c < labels.shape[1])
+    hit = np.zeros(probs.size, np.int64)
+    hit[in_crop] = labels[r[in_crop], c[in_crop]]
     fp = probs[hit == 0]
     tp = np.zeros(max_label, np.float64)
     on_lesion = (hit > 0) & ~np.isin(hit, itc)
@@ -905,7 +932,8 @@ def find_ground_truth(paths: Sequence[str | os.PathLike]) -> dict[str, Path]:
     return found
 
 
-def lesion_table(name: str, labels: np.ndarray, match: SlideMatch, mpp: float, level: int) -> list[dict[str, Any]]:
+def lesion_table(name: str, labels: np.ndarray, match: SlideMatch, mpp: float, level: int,
+                 origin: tuple[int, int] = (0, 0)) -> list[dict[str, Any]]:
     """One row per lesion: label, ITC flag, centroid (level-0), major axis (µm), best prob."""
     from skimage import measure
 
@@ -914,6 +942,7 @@ def lesion_table(name: str, labels: np.ndarray, match: SlideMatch, mpp: float, l
     rows = []
     for p in measure.regionprops(labels):
         cy, cx = p.centroid
+        cy, cx = cy + origin[0], cx + origin[1]
         rows.append({"slide": name, "label": int(p.label), "itc": p.label in itc,
                      "x": int(round((cx + 0.5) * d)), "y": int(round((cy + 0.5) * d)),
                      "major_axis_um": float(p.axis_major_length * d * mpp),
@@ -960,11 +989,12 @@ def froc_from_arrays(detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
                 _check_inside(name, xs, ys, np.asarray(tumor).shape, level)
             matches.append(match_detections(probs, xs, ys, None, name=name))
             continue
-        labels = evaluation_mask(tumor, mpp, level)
+        tumor = np.asarray(tumor)
+        labels, origin = evaluation_mask_cropped(tumor, mpp, level)
         itc = itc_labels(labels, mpp, level)
-        m = match_detections(probs, xs, ys, labels, itc, level, name=name)
+        m = match_detections(probs, xs, ys, labels, itc, level, name=name, origin=origin, shape=tumor.shape)
         matches.append(m)
-        lesions.extend(lesion_table(name, labels, m, mpp, level))
+        lesions.extend(lesion_table(name, labels, m, mpp, level, origin))
     fps, sens, thr = froc_curve(matches)
     score, sens_at = froc_score(fps, sens, eval_fps)
     return FrocResult(score, sens_at, tuple(eval_fps), fps, sens, thr, matches, lesions)
@@ -1123,7 +1153,7 @@ def plot_froc(path: str | os.PathLike, fps: np.ndarray, sens: np.ndarray, eval_f
     ax.set_xticks([0, 0.25, 0.5, 1, 2, 4, 8])
     ax.set_xticklabels(["0", "0.25", "0.5", "1", "2", "4", "8"])
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     _save(fig, path)
 
 
