@@ -964,6 +964,7 @@ def build_mosaic_set(idc_dir: str | os.PathLike, out_dir: str | os.PathLike, pat
         raise WsiheatError(f"mosaic: --slides must be >= 1, got {n_slides}")
     if not 0 <= n_normal <= n_slides:
         raise WsiheatError(f"mosaic: --normal must be between 0 and --slides ({n_slides}), got {n_normal}")
+    list_patches(idc_dir, patients)  # unknown patients fail before anything is written
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise WsiheatError(f"{out}: exists and is not a folder")
