@@ -203,6 +203,8 @@ class SlideResult:
     attempts : int
     errors : list of str
         The error of every failed attempt.
+    worker : str
+        ``host:pid`` of the process that ran the successful attempt.
     """
 
     name: str
@@ -212,6 +214,7 @@ class SlideResult:
     outputs: dict = field(default_factory=dict)
     attempts: int = 0
     errors: list = field(default_factory=list)
+    worker: str = ""
 
 
 def _error_text(exc: BaseException) -> str:
@@ -219,11 +222,14 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _timed(fn: Callable, task: SlideTask) -> tuple[dict, float]:
-    """Run ``fn(task)`` and time it (runs on the worker)."""
+def _timed(fn: Callable, task: SlideTask) -> tuple[dict, float, str]:
+    """Run ``fn(task)`` and time it (runs on the worker); also says where it ran."""
+    import socket
+
     t0 = time.perf_counter()
     out = fn(task)
-    return (out if isinstance(out, dict) else {"result": out}), time.perf_counter() - t0
+    return ((out if isinstance(out, dict) else {"result": out}), time.perf_counter() - t0,
+            f"{socket.gethostname()}:{os.getpid()}")
 
 
 class _Progress:
@@ -355,12 +361,12 @@ def _run_local(tasks, todo, fn, retries, results, prog) -> None:
         for attempt in range(retries + 1):
             t0 = time.perf_counter()
             try:
-                out, secs = _timed(fn, t)
+                out, secs, where = _timed(fn, t)
             except Exception as exc:  # noqa: BLE001 - a slide's failure is reported, not raised
                 errors.append(_error_text(exc))
                 secs = time.perf_counter() - t0
                 continue
-            results[i] = SlideResult(t.name, "done", None, secs, out, attempt + 1, errors)
+            results[i] = SlideResult(t.name, "done", None, secs, out, attempt + 1, errors, where)
             break
         else:
             results[i] = SlideResult(t.name, "failed", errors[-1], secs, {}, retries + 1, errors)
@@ -390,8 +396,8 @@ def _run_dask(client, tasks, todo, fn, retries, results, prog, resources, desc) 
         i, attempt = futures.pop(fut)
         t = tasks[i]
         if fut.status == "finished":
-            out, secs = fut.result()
-            results[i] = SlideResult(t.name, "done", None, secs, out, attempt + 1, errors[i])
+            out, secs, where = fut.result()
+            results[i] = SlideResult(t.name, "done", None, secs, out, attempt + 1, errors[i], where)
         else:
             exc = fut.exception()
             errors[i].append(_error_text(exc) if exc is not None else f"task {fut.status}")
@@ -587,6 +593,7 @@ def extract_many(tasks: Sequence[SlideTask], output: str | os.PathLike, *, worke
 
 _MODELS: dict[tuple, tuple] = {}
 _MODELS_LOCK = threading.Lock()
+_LOADS = 0
 
 
 def cached_model(path: str | os.PathLike):
@@ -609,15 +616,17 @@ def cached_model(path: str | os.PathLike):
         if key not in _MODELS:
             from .model import load_model
 
+            global _LOADS
             for k in [k for k in _MODELS if k[0] == key[0]]:  # an older version of the file
                 del _MODELS[k]
             _MODELS[key] = load_model(p)
+            _LOADS += 1
         return _MODELS[key]
 
 
 def model_loads() -> int:
-    """How many models this process holds in its cache (tests, diagnostics)."""
-    return len(_MODELS)
+    """How many times this process has loaded a model file (tests, diagnostics)."""
+    return _LOADS
 
 
 def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) -> dict:
@@ -628,7 +637,7 @@ def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) 
     summary = heatmap_slide(task.slide, model, metadata, out_dir, model_path=str(model_path),
                             progress=False, **options)
     summary = dict(summary)
-    summary["worker_pid"] = os.getpid()
+    summary["model_loads"] = model_loads()
     return summary
 
 
@@ -708,3 +717,51 @@ def select_strategy():
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def train_steps(model, dataset, strategy, steps: int, *, optimizer, loss_fn, global_batch_size: int) -> list[float]:
+    """Synchronous data-parallel training steps with ``strategy.run`` (a custom loop).
+
+    Keras 3.15's ``Model.fit`` fails under ``MultiWorkerMirroredStrategy``
+    (keras-team/keras#20585: it all-reduces the first data batch and the
+    scalar logs with ``axis=0``); this loop uses only public
+    ``tf.distribute`` API and works with every strategy.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Created inside ``strategy.scope()``.
+    dataset : tf.data.Dataset
+        Yields ``(x, y)`` global batches of ``global_batch_size`` (repeat it);
+        distributed (and auto-sharded across workers) here.
+    strategy : tf.distribute.Strategy
+    steps : int
+    optimizer : keras.optimizers.Optimizer
+        Created inside ``strategy.scope()``.
+    loss_fn : callable
+        ``loss_fn(y_true, y_pred) -> per-example losses`` (no reduction).
+    global_batch_size : int
+
+    Returns
+    -------
+    list of float
+        The global mean loss of every step.
+    """
+    import tensorflow as tf
+
+    dist = iter(strategy.experimental_distribute_dataset(dataset))
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = tf.nn.compute_average_loss(loss_fn(y, pred), global_batch_size=global_batch_size)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def dstep(batch):
+        per = strategy.run(step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
+
+    return [float(dstep(next(dist))) for _ in range(int(steps))]
