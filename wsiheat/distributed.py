@@ -272,7 +272,7 @@ def start_client(workers: int = 0, scheduler: str | None = None):
             raise WsiheatError(f"{scheduler}: cannot connect to the Dask scheduler ({_error_text(exc)})") from None
     if workers < 1:
         raise WsiheatError(f"workers must be >= 1 for a local cluster, got {workers}")
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
