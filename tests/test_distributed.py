@@ -257,8 +257,9 @@ def model_path(tmp_path_factory):
     inp = keras.Input((2, 64, 64, 3), dtype="uint8")
     x = keras.layers.Rescaling(1 / 255.0)(keras.layers.Reshape((128, 64, 3))(inp))
     x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(1, activation="sigmoid",
-                             kernel_initializer=keras.initializers.Constant([4.0, -4.0, 0.0]))(x)
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    out = dense(x)
+    dense.set_weights([np.array([[4.0], [-4.0], [0.0]], np.float32), np.zeros(1, np.float32)])
     meta = {"window": 64, "center": 32, "stride": 48, "downsamples": [1.0, 2.0], "towers": 2,
             "levels": [0, 1]}
     return save_model(keras.Model(inp, out), tmp_path_factory.mktemp("model") / "m.keras", meta)
