@@ -333,3 +333,26 @@ def test_two_workers_train_with_tf_config(tmp_path):
 
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert model.predict(np.zeros((3, 8), np.float32), verbose=0).shape == (3, 1)
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+def test_cli_extract_manifest_resumes_and_errors(slides, single, tmp_path):
+    ref, _ = single
+    out = tmp_path / "p.h5"
+    args = [sys.executable, "-m", "wsiheat", "extract", "--manifest", str(slides / "manifest.csv"), "-o", str(out),
+            "--levels", "0", "1", "--window", "64", "--center", "32", "--stride", "48",
+            "--tissue-threshold", "0.5", "--max-normal", "60", "-q"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "3 slides: 3 done, 0 skipped, 0 failed" in r.stdout
+    assert h5_digest(out) == h5_digest(ref)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "0 done, 3 skipped" in r.stdout and "nothing new" in r.stdout
+    for bad, needle in ([["--manifest", str(tmp_path / "none.csv")], "no such manifest"],
+                        [[], "give SLIDE [GROUND_TRUTH] or --manifest"]):
+        r = subprocess.run([sys.executable, "-m", "wsiheat", "extract", *bad, "-o", str(out)],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

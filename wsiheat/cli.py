@@ -29,6 +29,58 @@ def cli() -> None:
     """
 
 
+# --- scale: many slides on Dask (wsiheat.distributed) ------------------------------
+# Options shared by commands that process many slides; the commands call
+# _scale_requested() first and hand over to the helpers below.
+
+def _scale_options(f):
+    f = click.option("--keep-shards", is_flag=True,
+                     help="Keep the per-slide shards (OUTPUT.shards/NAME.h5) after merging.")(f)
+    f = click.option("--retries", default=1, show_default=True, type=click.IntRange(min=0),
+                     help="Extra attempts for a slide that fails.")(f)
+    f = click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+                     help="Run the slides on this existing Dask cluster.")(f)
+    f = click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Run the slides on a local Dask cluster of N processes (0: in this process).")(f)
+    f = click.option("--manifest", default=None, type=click.Path(dir_okay=False),
+                     help="CSV slide,ground_truth,split (paths relative to the CSV) instead of SLIDE.")(f)
+    f = click.option("--split", "manifest_split", default=None, help="Only the manifest rows of this split.")(f)
+    return f
+
+
+def _scale_requested(scale: dict, slide) -> bool:
+    if scale.get("manifest") and slide:
+        raise WsiheatError(f"{slide}: give either SLIDE or --manifest, not both")
+    if not scale.get("manifest") and not slide:
+        raise WsiheatError("no slide: give SLIDE [GROUND_TRUTH] or --manifest FILE")
+    return bool(scale.get("manifest") or scale.get("workers") or scale.get("scheduler"))
+
+
+def _scale_tasks(scale: dict, slide, ground_truth):
+    from .distributed import read_manifest, tasks_from_paths
+
+    if scale.get("manifest"):
+        return read_manifest(scale["manifest"], split=scale.get("manifest_split"))
+    return tasks_from_paths([slide], [ground_truth])
+
+
+def _extract_many_cli(scale: dict, slide, ground_truth, output, quiet, replace, params) -> None:
+    from .distributed import extract_many, status_table
+
+    if replace:
+        raise WsiheatError(f"{output}: --replace is for one slide; remove the slide's rows or use a new file "
+                           f"for a manifest run")
+    tasks = _scale_tasks(scale, slide, ground_truth)
+    run = extract_many(tasks, output, workers=scale["workers"], scheduler=scale["scheduler"],
+                       retries=scale["retries"], keep_shards=scale["keep_shards"], progress=not quiet, **params)
+    click.echo(status_table(run["results"]))
+    merged = run["merged"]
+    click.echo(f"{output}: " + (f"{len(merged['slides_added'])} slides added, {merged['rows_total']} rows"
+                                 if merged else "nothing new to add") + f"; {run['seconds']:.1f} s")
+    if any(r.status == "failed" for r in run["results"]):
+        raise WsiheatError(f"{output}: some slides failed (see the table); re-run the same command to retry them")
+
+
 # --- extract / tissue (foundation) -------------------------------------------------
 # (commands are added below by each stage; keep one section per stage)
 
@@ -82,7 +134,7 @@ def _numbers(kind):
 
 
 @cli.command()
-@click.argument("slide", type=click.Path(path_type=str))
+@click.argument("slide", required=False, type=click.Path(path_type=str))
 @click.argument("ground_truth", required=False, type=click.Path(path_type=str))
 @click.option("-o", "--output", default="patches.h5", show_default=True,
               help="HDF5 patches file to create or append to.")
@@ -105,8 +157,9 @@ def _numbers(kind):
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random draws.")
 @click.option("--replace", is_flag=True, help="Re-extract a slide already in the output file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_scale_options  # --manifest/--workers/--scheduler/--retries/--keep-shards (scale section)
 def extract(slide, ground_truth, output, levels, downsamples, mpp, window, center, stride, tissue_threshold,
-            normal_ratio, max_normal, seed, replace, quiet):
+            normal_ratio, max_normal, seed, replace, quiet, **scale):
     """Extract windows at one or more magnifications from SLIDE into an HDF5 file.
 
     GROUND_TRUTH (optional; omit it for a normal slide) is a tumor mask image or
@@ -120,6 +173,11 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
     Example:
       wsiheat extract tumor_001.tif tumor_001.xml -o patches.h5 --levels 2 3
     """
+    if _scale_requested(scale, slide):  # many slides (scale section)
+        return _extract_many_cli(scale, slide, ground_truth, output, quiet, replace, dict(
+            levels=levels, downsamples=downsamples, mpps=mpp, window=window, center=center, stride=stride,
+            tissue_threshold=tissue_threshold, normal_ratio=normal_ratio, max_normal=max_normal or None,
+            seed=seed))
     from .extract import extract_to_file, summary_line
 
     stats = extract_to_file(slide, ground_truth, output, levels=levels, downsamples=downsamples, mpps=mpp,
