@@ -11,3 +11,8 @@ The command-line interface (:mod:`wsiheat.cli`) is a thin layer over these.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# Quieten TensorFlow's C++ start-up chatter (users can override).
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -75,6 +75,96 @@ def weights_cmd(source: str | None, force: bool) -> None:
 
 
 # --- mosaic / demo ----------------------------------------------------------------
+def _parse_grid(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        return int(rows), int(cols)
+    except ValueError:
+        raise WsiheatError(f"--grid: expected ROWSxCOLS (e.g. 40x40), got {text!r}") from None
+
+
+@cli.command("mosaic")
+@click.argument("idc_dir", type=click.Path(path_type=str))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=str),
+              help="Output folder (created if needed).")
+@click.option("--slides", "n_slides", type=int, default=4, show_default=True,
+              help="Number of slides in all.")
+@click.option("--normal", "n_normal", type=int, default=1, show_default=True,
+              help="How many of them have no tumor.")
+@click.option("--split", "split", default="test", show_default=True,
+              help="Which patient split to draw patches from.")
+@click.option("--split-fractions", default="train=0.8,test=0.2", show_default=True,
+              help="Patient split, NAME=FRACTION,... summing to 1.")
+@click.option("--split-seed", type=int, default=0, show_default=True,
+              help="Seed of the patient split (keep it equal to the one used for training).")
+@click.option("--patients", default=None,
+              help="Comma-separated patient IDs to use instead of a split.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Layout seed.")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Cell size factor: 50 px patches become round(50*scale) px cells.")
+@click.option("--grid", "grid", default="40x40", show_default=True,
+              help="Grid size in cells, ROWSxCOLS.")
+@click.option("--islands", "n_islands", type=int, default=None,
+              help="Tissue islands per slide [default: 2-4, from the seed].")
+@click.option("--tumors", "n_tumors", type=int, default=None,
+              help="Tumor regions per tumor slide [default: 2-4, from the seed].")
+@click.option("--compression", type=click.Choice(["jpeg", "deflate"]), default="jpeg",
+              show_default=True, help="Slide tile compression (masks are always deflate).")
+@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
+def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, split_seed, patients,
+               seed, scale, grid, n_islands, n_tumors, compression, quality) -> None:
+    """Build mosaic slides of real tissue from labeled IDC patches.
+
+    IDC_DIR holds PATIENT/CLASS/*.png patches (class 1 = tumor). Writes into
+    OUT_DIR pyramidal TIFF slides with tumor masks (NAME_mask.tif), ASAP XML
+    annotations (NAME.xml), layout records (NAME.json), manifest.csv,
+    labels.csv and split.json.
+
+    \b
+    Example:
+      wsiheat mosaic data/idc -o mosaics --slides 10 --normal 4 --split test --seed 1
+    """
+    import json as _json
+
+    from .fileio import atomic_path
+    from .mosaic import build_mosaic_set, parse_fractions, split_patients
+
+    record: dict = {"seed": seed}
+    if patients:
+        chosen = sorted({p.strip() for p in patients.split(",") if p.strip()})
+        if not chosen:
+            raise WsiheatError(f"--patients: no patient ID in {patients!r}")
+        split = "custom" if split == "test" else split
+        record.update(split=split, patients=chosen)
+    else:
+        fractions = parse_fractions(split_fractions)
+        sseed = split_seed
+        splits = split_patients(idc_dir, fractions, sseed)
+        if split not in splits:
+            raise WsiheatError(f"--split: {split!r} is not one of the splits "
+                               f"{', '.join(splits)} (from --split-fractions {split_fractions})")
+        chosen = splits[split]
+        record.update(split=split, split_seed=sseed, fractions=fractions, splits=splits)
+    infos = build_mosaic_set(idc_dir, out_dir, chosen, n_slides, n_normal, seed, split=split,
+                             grid=_parse_grid(grid), scale=scale, n_islands=n_islands,
+                             n_tumors=n_tumors, compression=compression, quality=quality)
+    from pathlib import Path as _Path
+    with atomic_path(_Path(out_dir) / "split.json") as tmp:
+        tmp.write_text(_json.dumps(record, indent=1), encoding="utf-8")
+    total = 0
+    click.echo(f"{len(chosen)} patients of split {split!r}; {len(infos)} slides in {out_dir}:")
+    for info in infos:
+        size = sum(info.bytes.values())
+        total += size
+        w, h = info.dimensions
+        click.echo(f"  {info.slide.name:<24} {w}x{h} px, {info.level_count} levels, {info.mpp:g} µm/px, "
+                   f"{info.n_tumor_regions} tumor regions ({info.tumor_area_px} px), "
+                   f"{size / 1e6:.2f} MB with mask/xml/json")
+    click.echo(f"  manifest.csv, labels.csv, split.json; {total / 1e6:.2f} MB in all")
+
+
 
 
 def main(argv: list[str] | None = None) -> None:
