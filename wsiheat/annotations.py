@@ -81,8 +81,10 @@ def rasterize_polygons(positive: list[np.ndarray], negative: list[np.ndarray], x
                 continue
             q = (p - (x0, y0)) / downsample - 0.5  # pixel-centre coordinates
             pts.append(np.round(q * scale).astype(np.int32))
-        if pts:
-            cv2.fillPoly(out, pts, value, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
+        # one call per polygon: fillPoly fills a list of polygons with the
+        # even-odd rule, which would cut the overlap of two tumor polygons out
+        for q in pts:
+            cv2.fillPoly(out, [q], value, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
 
     draw(positive, 1)
     draw(negative, 0)
@@ -206,10 +208,15 @@ class MaskGroundTruth(GroundTruth):
     @property
     def has_tumor(self) -> bool:
         if self._has_tumor is None:
-            coarse = self._mask.level_count - 1
-            ds = self._mask.level_downsamples[coarse] * self.scale
-            # max over a coarse view: any nonzero pixel survives INTER_AREA as > 0
-            self._has_tumor = bool(self.full_mask(max(ds, 1.0)).any())
+            # the finest mask level of at most ~16 Mpx, read at its own scale
+            # (a coarse level subsampled by nearest neighbour may lose small lesions)
+            level = self._mask.level_count - 1
+            for i, (w, h) in enumerate(self._mask.level_dimensions):
+                if w * h <= 1 << 24:
+                    level = i
+                    break
+            ds = self._mask.level_downsamples[level] * self.scale
+            self._has_tumor = bool(self.full_mask(ds).any())
         return self._has_tumor
 
     def tumor_mask(self, x0: float, y0: float, width: int, height: int, downsample: float) -> np.ndarray:
