@@ -208,11 +208,11 @@ class MaskGroundTruth(GroundTruth):
     @property
     def has_tumor(self) -> bool:
         if self._has_tumor is None:
-            # the finest mask level of at most ~16 Mpx, read at its own scale
+            # the finest mask level of at most ~4 Mpx, read at its own scale
             # (a coarse level subsampled by nearest neighbour may lose small lesions)
             level = self._mask.level_count - 1
             for i, (w, h) in enumerate(self._mask.level_dimensions):
-                if w * h <= 1 << 24:
+                if w * h <= 1 << 22:
                     level = i
                     break
             ds = self._mask.level_downsamples[level] * self.scale
@@ -232,14 +232,14 @@ class MaskGroundTruth(GroundTruth):
         sy1 = int(math.ceil((my0 / lds) + height * f))
         src = self._mask.read_region((int(round(sx0 * lds)), int(round(sy0 * lds))), level,
                                      (max(1, sx1 - sx0), max(1, sy1 - sy0)), background=0)
-        src = (src.max(axis=2) > 0).astype(np.float32)
+        src = (src[..., 0] | src[..., 1] | src[..., 2]) > 0  # nonzero in any channel
         # map output pixel centres into the source block
         jj = (mx0 / lds - sx0) + (np.arange(width) + 0.5) * f
         ii = (my0 / lds - sy0) + (np.arange(height) + 0.5) * f
         if f > 1.0:
             # downsampling: an output pixel is tumor when any source pixel under it is
-            integ = np.zeros((src.shape[0] + 1, src.shape[1] + 1), np.float64)
-            integ[1:, 1:] = src.cumsum(0).cumsum(1)
+            integ = np.zeros((src.shape[0] + 1, src.shape[1] + 1), np.int64 if src.size >= 2**31 else np.int32)
+            np.cumsum(np.cumsum(src, axis=0, dtype=integ.dtype), axis=1, out=integ[1:, 1:])
             c0 = np.clip(np.floor(jj - f / 2 + 1e-6).astype(int), 0, src.shape[1])
             c1 = np.clip(np.ceil(jj + f / 2 - 1e-6).astype(int), 0, src.shape[1])
             r0 = np.clip(np.floor(ii - f / 2 + 1e-6).astype(int), 0, src.shape[0])
