@@ -177,3 +177,248 @@ def read_windows(slide: Slide, spec: WindowSpec, centers0: np.ndarray, block: in
             for k, (x, y) in zip(idx, rel):
                 out[k, t] = region[y:y + Wn, x:x + Wn]
     return out
+
+
+# --- window selection (extract) ------------------------------------------------------
+
+@dataclass
+class WindowPlan:
+    """The windows chosen on one slide.
+
+    Attributes
+    ----------
+    centers0 : ndarray (K, 2) float64
+        Level-0 (x, y) centres, in reading order (grouped by block).
+    labels : ndarray (K,) uint8
+        1 = tumor.
+    stats : dict
+        ``scanned`` (grid cells), ``on_tissue`` (cells whose tissue fraction
+        reaches the threshold), ``tumor`` (tumor cells, on tissue or not),
+        ``tumor_off_tissue``, ``kept_tumor``, ``kept_normal``,
+        ``normal_available``, ``has_ground_truth``, ``tumor_slide``.
+    """
+
+    centers0: np.ndarray
+    labels: np.ndarray
+    stats: dict
+
+
+def tumor_labels(grid: Grid, ground_truth, rows: np.ndarray, cols: np.ndarray,
+                 block_cells: int = 32, coarse_cells: int = 8) -> np.ndarray:
+    """Tumor label of cells: any tumor pixel in the central ``C x C`` tower-0 pixels.
+
+    The ground truth is rendered at tower-0 resolution (``GroundTruth.tumor_mask``
+    at downsample ``d_0``) over blocks of ``block_cells x block_cells`` cells,
+    and each cell's central box is summed with an integral image. Blocks are
+    only rendered where a coarse, dilated view of the ground truth (one pixel
+    per ``coarse_cells`` cells) shows tumor, so a slide's full tower-0 mask is
+    never built.
+
+    The central box of a cell centred on level-0 ``c`` spans tower-0 pixels
+    ``[floor(c / d_0 - C / 2 + 0.5), ... + C)`` (as :func:`window_origin`).
+
+    Returns
+    -------
+    ndarray of bool, shape (K,)
+    """
+    spec = grid.spec
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    out = np.zeros(len(rows), bool)
+    if ground_truth is None or len(rows) == 0 or not ground_truth.has_tumor:
+        return out
+    d0, C = spec.downsamples[0], spec.center
+    # coarse pre-filter: one coarse pixel per coarse_cells x coarse_cells cells, dilated by one
+    cds = spec.cell0 * coarse_cells
+    ch, cw = math.ceil(grid.n_rows / coarse_cells), math.ceil(grid.n_cols / coarse_cells)
+    coarse = ground_truth.tumor_mask(0, 0, cw, ch, cds)
+    if not coarse.any():
+        # tiny tumours may vanish at coarse scale for polygons: fall back to a finer probe
+        coarse = ground_truth.tumor_mask(0, 0, cw * coarse_cells, ch * coarse_cells, spec.cell0)
+        coarse = coarse.reshape(ch, coarse_cells, cw, coarse_cells).any(axis=(1, 3))
+    from scipy import ndimage
+    coarse = ndimage.binary_dilation(coarse, iterations=1)
+    cand = np.flatnonzero(coarse[rows // coarse_cells, cols // coarse_cells])
+    if len(cand) == 0:
+        return out
+    keys = (rows[cand] // block_cells) * (grid.n_cols // block_cells + 1) + cols[cand] // block_cells
+    order = np.argsort(keys, kind="stable")
+    cand, keys = cand[order], keys[order]
+    splits = np.flatnonzero(np.diff(keys)) + 1
+    for idx in np.split(cand, splits):
+        tl = window_origin(grid.centers(rows[idx], cols[idx]), d0, C)
+        o = tl.min(axis=0)
+        e = tl.max(axis=0) + C
+        m = ground_truth.tumor_mask(o[0] * d0, o[1] * d0, int(e[0] - o[0]), int(e[1] - o[1]), d0)
+        ii = np.zeros((m.shape[0] + 1, m.shape[1] + 1), np.int32)
+        ii[1:, 1:] = np.cumsum(np.cumsum(m, axis=0, dtype=np.int32), axis=1)
+        x0, y0 = tl[:, 0] - o[0], tl[:, 1] - o[1]
+        x1, y1 = x0 + C, y0 + C
+        out[idx] = (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) > 0
+    return out
+
+
+def _slide_seed(seed: int, name: str) -> np.random.Generator:
+    import zlib
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))])
+
+
+def block_order(centers0: np.ndarray, spec: WindowSpec, block: int) -> np.ndarray:
+    """Permutation grouping centres by the tower-0 read block of :func:`read_windows`."""
+    tl = window_origin(centers0, spec.downsamples[0], spec.window)
+    step = max(spec.window, block - spec.window)
+    bkey = tl // step
+    return np.lexsort((tl[:, 0], tl[:, 1], bkey[:, 0], bkey[:, 1]))
+
+
+def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=None,
+                 tissue_threshold: float = 0.75, normal_ratio: float = 1.0, max_normal: int | None = 1000,
+                 seed: int = 0, block: int = 2048) -> WindowPlan:
+    """Choose the windows to extract from one slide.
+
+    Rules
+    -----
+    * every grid cell is scanned; its tissue fraction is that of the tower-0
+      window (``W x W`` tower-0 pixels) in the tissue mask;
+    * a cell is *tumor* when any tumor pixel lies in its central ``C x C``
+      tower-0 pixels (:func:`tumor_labels`);
+    * normal windows are kept only when their tissue fraction reaches
+      ``tissue_threshold``; tumor windows are kept whatever their tissue fraction;
+    * tumor slide (ground truth with tumor): all tumor windows, and
+      ``round(normal_ratio * n_tumor)`` normal windows drawn at random;
+    * otherwise (no ground truth, or no tumor in it): at most ``max_normal``
+      normal windows drawn at random (``None`` or 0: all);
+    * draws use ``numpy.random.default_rng([seed, crc32(slide name)])``: the
+      same seed gives the same windows.
+
+    Parameters
+    ----------
+    slide : Slide
+    spec : WindowSpec
+    ground_truth : GroundTruth, optional
+    tissue : TissueMask, optional
+        Computed with :func:`wsiheat.tissue.tissue_mask` when omitted.
+    tissue_threshold : float
+        In [0, 1].
+    normal_ratio : float
+        Normal windows per tumor window on tumor slides (>= 0).
+    max_normal : int or None
+        Cap on normal windows on slides without tumor.
+    seed : int
+    block : int
+        Read block side in tower pixels (windows are ordered by block).
+
+    Returns
+    -------
+    WindowPlan
+    """
+    if not 0.0 <= tissue_threshold <= 1.0:
+        raise WsiheatError(f"tissue threshold must be in [0, 1], got {tissue_threshold:g}")
+    if normal_ratio < 0:
+        raise WsiheatError(f"normal ratio must be >= 0, got {normal_ratio:g}")
+    if max_normal is not None and max_normal < 0:
+        raise WsiheatError(f"max normal must be >= 0, got {max_normal}")
+    if tissue is None:
+        from .tissue import tissue_mask
+        tissue = tissue_mask(slide)
+    grid = Grid.for_slide(slide.dimensions, spec)
+    rows, cols = grid.all_cells()
+    frac = tissue.fraction_in_boxes(*grid.boxes(rows, cols, spec.window))
+    on_tissue = frac >= tissue_threshold - 1e-9
+    has_gt = ground_truth is not None
+    tumor_slide = bool(has_gt and ground_truth.has_tumor)
+    tumor = tumor_labels(grid, ground_truth, rows, cols) if tumor_slide else np.zeros(len(rows), bool)
+    normal_idx = np.flatnonzero(on_tissue & ~tumor)
+    tumor_idx = np.flatnonzero(tumor)
+    rng = _slide_seed(seed, slide.name)
+    if tumor_slide:
+        n_normal = min(len(normal_idx), int(round(normal_ratio * len(tumor_idx))))
+    else:
+        n_normal = len(normal_idx) if not max_normal else min(len(normal_idx), int(max_normal))
+    if n_normal < len(normal_idx):
+        normal_idx = np.sort(rng.choice(normal_idx, size=n_normal, replace=False))
+    keep = np.concatenate([tumor_idx, normal_idx])
+    labels = np.concatenate([np.ones(len(tumor_idx), np.uint8), np.zeros(len(normal_idx), np.uint8)])
+    centers = grid.centers(rows[keep], cols[keep])
+    order = block_order(centers, spec, block)
+    stats = {
+        "scanned": int(len(rows)), "grid": [grid.n_rows, grid.n_cols], "on_tissue": int(on_tissue.sum()),
+        "tumor": int(tumor.sum()), "tumor_off_tissue": int((tumor & ~on_tissue).sum()),
+        "normal_available": int((on_tissue & ~tumor).sum()),
+        "kept_tumor": int(len(tumor_idx)), "kept_normal": int(len(normal_idx)),
+        "has_ground_truth": has_gt, "tumor_slide": tumor_slide,
+    }
+    return WindowPlan(centers[order], labels[order], stats)
+
+
+def extract_slide(slide: Slide, ground_truth, spec: WindowSpec, writer, *, slide_info: dict | None = None,
+                  batch: int = 1024, block: int = 2048, progress: bool = True, plan: WindowPlan | None = None,
+                  **plan_kwargs) -> dict:
+    """Plan, read and write one slide's windows into a :class:`wsiheat.store.ShardWriter`.
+
+    Windows are read with :func:`read_windows` in batches of about ``batch``
+    windows grouped by read block (memory: one batch plus one block per
+    tower), with a tqdm bar showing windows per second.
+
+    Parameters
+    ----------
+    slide : Slide
+    ground_truth : GroundTruth or None
+    spec : WindowSpec
+    writer : ShardWriter
+    slide_info : dict, optional
+        Extra per-slide details stored with the slide.
+    batch, block : int
+        Windows per write batch; read block side in tower pixels.
+    progress : bool
+        Show the tqdm bar.
+    plan : WindowPlan, optional
+        A precomputed plan (else :func:`plan_windows` with ``plan_kwargs``).
+
+    Returns
+    -------
+    dict
+        The plan's stats plus ``slide_id``, ``kept`` and ``seconds``.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    if plan is None:
+        plan = plan_windows(slide, spec, ground_truth, block=block, **plan_kwargs)
+    stats = dict(plan.stats)
+    info = dict(slide_info or {})
+    info.update(path=str(slide.path), dimensions=list(slide.dimensions), mpp=slide.mpp,
+                level_count=slide.level_count, level_downsamples=list(slide.level_downsamples),
+                levels=[None if l is None else int(l) for l in spec.levels] if spec.levels else None,
+                downsamples=list(spec.downsamples),
+                ground_truth=str(ground_truth.path) if ground_truth is not None else None, **stats)
+    sid = writer.add_slide(slide.name, info)
+    K = len(plan.labels)
+    # cut batches at block boundaries where possible (plan is in block order)
+    tl = window_origin(plan.centers0, spec.downsamples[0], spec.window)
+    bkey = tl // max(spec.window, block - spec.window)
+    bounds = np.concatenate([[0], np.flatnonzero(np.any(np.diff(bkey, axis=0) != 0, axis=1)) + 1, [K]]) \
+        if K else np.array([0, 0])
+    cuts = [0]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        # whole blocks per batch when they fit; a block larger than a batch is cut in strips
+        if b - cuts[-1] > batch and a > cuts[-1]:
+            cuts.append(int(a))
+        while b - cuts[-1] > batch:
+            cuts.append(cuts[-1] + batch)
+    if cuts[-1] != K:
+        cuts.append(K)
+    buf = np.empty((max(1, int(np.max(np.diff(cuts)))), spec.towers, spec.window, spec.window, 3), np.uint8)
+    with tqdm(total=K, unit="win", desc=slide.name, disable=not progress, leave=False,
+              dynamic_ncols=True, mininterval=0.5) as bar:
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if b <= a:
+                continue
+            imgs = read_windows(slide, spec, plan.centers0[a:b], block=block, out=buf[:b - a])
+            writer.append(imgs, plan.labels[a:b], plan.centers0[a:b], sid)
+            bar.update(b - a)
+    stats.update(slide_id=sid, kept=K, seconds=time.perf_counter() - t0)
+    info.update(kept=K)
+    writer.set_slide_info(sid, info)
+    return stats
