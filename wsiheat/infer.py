@@ -514,10 +514,11 @@ def write_heatmap_png(path: Path, prob: np.ndarray, tissue: np.ndarray, title: s
 
 
 def overlay_image(thumb: np.ndarray, thumb_ds: float, prob: np.ndarray, tissue: np.ndarray,
-                  cell0: float, alpha: tuple[float, float] = (0.25, 0.85)) -> np.ndarray:
+                  cell0: float, alpha: float = 0.8) -> np.ndarray:
     """Blend the colour-mapped heatmap over a thumbnail; background cells stay transparent.
 
-    A tissue cell's opacity grows with its probability from ``alpha[0]`` to ``alpha[1]``.
+    A tissue cell's opacity is ``alpha * sqrt(probability)``: tissue at
+    probability 0 shows the slide unchanged, likely tumor is strongly tinted.
     """
     h, w = thumb.shape[:2]
     rr = np.minimum(((np.arange(h) + 0.5) * thumb_ds / cell0).astype(np.int64), prob.shape[0] - 1)
@@ -525,7 +526,7 @@ def overlay_image(thumb: np.ndarray, thumb_ds: float, prob: np.ndarray, tissue: 
     p = np.nan_to_num(prob)[np.ix_(rr, cc)]
     t = tissue[np.ix_(rr, cc)]
     rgb = colorize(p).astype(np.float32)
-    a = np.where(t, alpha[0] + (alpha[1] - alpha[0]) * np.clip(p, 0, 1), 0.0)[..., None]
+    a = np.where(t, alpha * np.sqrt(np.clip(p, 0, 1)), 0.0)[..., None]
     return (thumb.astype(np.float32) * (1 - a) + rgb * a + 0.5).astype(np.uint8)
 
 
