@@ -81,8 +81,10 @@ def rasterize_polygons(positive: list[np.ndarray], negative: list[np.ndarray], x
                 continue
             q = (p - (x0, y0)) / downsample - 0.5  # pixel-centre coordinates
             pts.append(np.round(q * scale).astype(np.int32))
-        if pts:
-            cv2.fillPoly(out, pts, value, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
+        # one call per polygon: fillPoly fills a list of polygons with the
+        # even-odd rule, which would cut the overlap of two tumor polygons out
+        for q in pts:
+            cv2.fillPoly(out, [q], value, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
 
     draw(positive, 1)
     draw(negative, 0)
@@ -206,10 +208,15 @@ class MaskGroundTruth(GroundTruth):
     @property
     def has_tumor(self) -> bool:
         if self._has_tumor is None:
-            coarse = self._mask.level_count - 1
-            ds = self._mask.level_downsamples[coarse] * self.scale
-            # max over a coarse view: any nonzero pixel survives INTER_AREA as > 0
-            self._has_tumor = bool(self.full_mask(max(ds, 1.0)).any())
+            # the finest mask level of at most ~4 Mpx, read at its own scale
+            # (a coarse level subsampled by nearest neighbour may lose small lesions)
+            level = self._mask.level_count - 1
+            for i, (w, h) in enumerate(self._mask.level_dimensions):
+                if w * h <= 1 << 22:
+                    level = i
+                    break
+            ds = self._mask.level_downsamples[level] * self.scale
+            self._has_tumor = bool(self.full_mask(ds).any())
         return self._has_tumor
 
     def tumor_mask(self, x0: float, y0: float, width: int, height: int, downsample: float) -> np.ndarray:
@@ -225,14 +232,14 @@ class MaskGroundTruth(GroundTruth):
         sy1 = int(math.ceil((my0 / lds) + height * f))
         src = self._mask.read_region((int(round(sx0 * lds)), int(round(sy0 * lds))), level,
                                      (max(1, sx1 - sx0), max(1, sy1 - sy0)), background=0)
-        src = (src.max(axis=2) > 0).astype(np.float32)
+        src = (src[..., 0] | src[..., 1] | src[..., 2]) > 0  # nonzero in any channel
         # map output pixel centres into the source block
         jj = (mx0 / lds - sx0) + (np.arange(width) + 0.5) * f
         ii = (my0 / lds - sy0) + (np.arange(height) + 0.5) * f
         if f > 1.0:
             # downsampling: an output pixel is tumor when any source pixel under it is
-            integ = np.zeros((src.shape[0] + 1, src.shape[1] + 1), np.float64)
-            integ[1:, 1:] = src.cumsum(0).cumsum(1)
+            integ = np.zeros((src.shape[0] + 1, src.shape[1] + 1), np.int64 if src.size >= 2**31 else np.int32)
+            np.cumsum(np.cumsum(src, axis=0, dtype=integ.dtype), axis=1, out=integ[1:, 1:])
             c0 = np.clip(np.floor(jj - f / 2 + 1e-6).astype(int), 0, src.shape[1])
             c1 = np.clip(np.ceil(jj + f / 2 - 1e-6).astype(int), 0, src.shape[1])
             r0 = np.clip(np.floor(ii - f / 2 + 1e-6).astype(int), 0, src.shape[0])

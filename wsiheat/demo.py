@@ -1,0 +1,200 @@
+"""The demo: the whole pipeline on the embedded data in ``data/``.
+
+``wsiheat demo data/ -o demo-out`` runs, on a CPU in a few minutes:
+
+1. **extract** the training mosaics (``data/mosaics/train``, real IDC tissue
+   with exact tumor masks) into ``patches.h5`` and the held-out test mosaics
+   into ``test_patches.h5`` (two towers: levels 0 and 1);
+2. **train** a two-tower InceptionV3 from ImageNet weights (when they are
+   cached; otherwise it says so and falls back to random initialisation)
+   into ``model.keras``;
+3. **heatmap** every test mosaic and the real slide(s) in ``data/slides``
+   into ``heatmaps/``;
+4. **evaluate** patch AUC, slide AUC and the CAMELYON16 lesion FROC into
+   ``reports/``.
+
+``--quick`` is a reduced run for tests: a tiny backbone and a few steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .errors import WsiheatError
+
+#: Tower levels of the demo mosaics (2.5 and 5 µm/px).
+DEMO_LEVELS = (0, 1)
+
+
+@dataclass(frozen=True)
+class DemoSlide:
+    slide: Path
+    mask: Path | None
+    ground_truth: Path | None
+    label: int | None
+
+
+def read_mosaic_folder(folder: Path) -> list[DemoSlide]:
+    """Slides of a mosaic folder from its ``manifest.csv`` (and ``labels.csv``)."""
+    manifest = folder / "manifest.csv"
+    if not manifest.exists():
+        raise WsiheatError(f"{manifest}: no such file (is {folder.parent.parent} the demo data folder?)")
+    labels = {}
+    if (folder / "labels.csv").exists():
+        with open(folder / "labels.csv", newline="") as fh:
+            labels = {Path(r["slide"]).stem: int(r["label"]) for r in csv.DictReader(fh)}
+    out = []
+    with open(manifest, newline="") as fh:
+        for row in csv.DictReader(fh):
+            slide = folder / row["slide"]
+            gt = folder / row["ground_truth"] if row.get("ground_truth") else None
+            mask = folder / row["mask"] if row.get("mask") else None
+            out.append(DemoSlide(slide, mask, gt, labels.get(slide.stem)))
+    return out
+
+
+def _step(title: str) -> float:
+    click.secho(f"\n== {title}", bold=True)
+    return time.time()
+
+
+def _done(t0: float, what: str) -> None:
+    click.echo(f"   {what} ({time.time() - t0:.0f} s)")
+
+
+def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: bool = False,
+             epochs: int | None = None, steps_per_epoch: int | None = None, seed: int = 0,
+             weights: str = "auto") -> dict:
+    """Run extract -> train -> heatmap -> evaluate on the demo data.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        The embedded data folder (``mosaics/train``, ``mosaics/test``, ``slides``).
+    out_dir : path-like
+        Output folder (created; existing outputs are overwritten).
+    quick : bool
+        Reduced run (tiny backbone, a few training steps) for tests.
+    weights : {"auto", "imagenet", "none"}
+        ``auto``: ImageNet weights when cached, else random init (said clearly).
+
+    Returns
+    -------
+    dict
+        Summary with the output paths and the headline metrics.
+    """
+    from . import evaluate, infer
+    from .extract import extract_to_file
+    from .model import load_model
+    from .train import TrainConfig, train
+
+    data_dir, out = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise WsiheatError(f"{data_dir}: no such folder")
+    train_slides = read_mosaic_folder(data_dir / "mosaics" / "train")
+    test_slides = read_mosaic_folder(data_dir / "mosaics" / "test")
+    real_slides = sorted(p for p in (data_dir / "slides").glob("*") if p.is_file()) \
+        if (data_dir / "slides").is_dir() else []
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    summary: dict = {"output": str(out)}
+
+    # 1. extract ---------------------------------------------------------------
+    t0 = _step("1/4 extract: windows at two magnifications -> HDF5")
+    for h5, slides in ((out / "patches.h5", train_slides), (out / "test_patches.h5", test_slides)):
+        if h5.exists():
+            h5.unlink()
+        for s in slides:
+            st = extract_to_file(s.slide, s.ground_truth if s.label else None, h5, levels=DEMO_LEVELS,
+                                 tissue_threshold=0.5, max_normal=200 if quick else 400, seed=seed,
+                                 progress=False)
+            click.echo(f"   {s.slide.name}: {st.get('kept_tumor', 0)} tumor + "
+                       f"{st.get('kept_normal', 0)} normal windows -> {h5.name}")
+    _done(t0, "extracted")
+
+    # 2. train -----------------------------------------------------------------
+    t0 = _step("2/4 train: multi-tower InceptionV3")
+    weights_used, why = _choose_weights(weights, quick)
+    click.echo(f"   weights: {weights_used}{' (' + why + ')' if why else ''}")
+    cfg = TrainConfig(
+        epochs=epochs or (1 if quick else 4),
+        steps_per_epoch=steps_per_epoch or (3 if quick else 40),
+        batch_size=16 if quick else 32,
+        weights=weights_used if weights_used != "tiny" else "none",
+        backbone="tiny" if weights_used == "tiny" else "inception_v3",
+        trainable_from=None if weights_used in ("none", "tiny") else "mixed5",
+        seed=seed, val_fraction=0.2)
+    model_path = out / "model.keras"
+    tr = train(out / "patches.h5", model_path, cfg, val=out / "test_patches.h5", progress=False)
+    summary["train"] = {k: tr[k] for k in ("epochs", "best_epoch", "val_metrics") if k in tr}
+    summary["weights"] = weights_used + (f" ({why})" if why else "")
+    _done(t0, f"model -> {model_path}")
+
+    # 3. heatmap ---------------------------------------------------------------
+    t0 = _step("3/4 heatmap: tissue-only inference")
+    hm_dir = out / "heatmaps"
+    hm_dir.mkdir(exist_ok=True)
+    model, meta = load_model(model_path)
+    scores = {}
+    for path in [s.slide for s in test_slides] + real_slides:
+        res = infer.heatmap_slide(path, model, meta, hm_dir, model_path=str(model_path))
+        scores[path.stem] = res["score"]
+        click.echo(f"   {path.name}: score {res['score']:.3f}, {res['cells_evaluated']} cells, "
+                   f"{res['patches_per_second']:.0f} patches/s")
+    _done(t0, f"heatmaps -> {hm_dir}")
+
+    # 4. evaluate --------------------------------------------------------------
+    t0 = _step("4/4 evaluate: patch AUC, slide AUC, lesion FROC")
+    rep = out / "reports"
+    # only the test mosaics have reference labels: evaluate on their results
+    test_results = out / "heatmaps_test"
+    test_results.mkdir(exist_ok=True)
+    for s in test_slides:
+        for f in hm_dir.glob(f"{s.slide.stem}*"):
+            if f.name in (f"{s.slide.stem}.json", f"{s.slide.stem}_lesions.csv"):
+                (test_results / f.name).write_bytes(f.read_bytes())
+    masks = [s.mask for s in test_slides if s.mask is not None]
+    pr = evaluate.evaluate_patches(model_path, out / "test_patches.h5", rep / "patches", progress=False)
+    sr = evaluate.evaluate_slides(test_results, rep / "slides", ground_truth=masks)
+    fr = evaluate.evaluate_froc(test_results, masks, rep / "froc", mpp=_mosaic_mpp(test_slides),
+                                level=2, allow_empty=True, progress=False)
+    summary["patch_auc"] = pr.get("auc")
+    summary["slide_auc"] = sr.get("auc")
+    summary["froc"] = fr.get("froc")
+    _done(t0, f"reports -> {rep}")
+    summary["seconds"] = round(time.time() - t_start, 1)
+    with open(out / "demo_summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2, default=str)
+    return summary
+
+
+def _mosaic_mpp(slides: list[DemoSlide]) -> float:
+    from .slide import Slide
+
+    with Slide(slides[0].slide) as s:
+        return s.mpp or 2.5
+
+
+def _choose_weights(weights: str, quick: bool) -> tuple[str, str]:
+    """Decide the training weights; returns (weights, reason shown to the user)."""
+    if quick:
+        return "tiny", "--quick: tiny backbone, random initialisation"
+    if weights == "none":
+        return "none", "random initialisation, as asked"
+    from .weights import ensure_imagenet_weights
+
+    try:
+        ensure_imagenet_weights(download=False)
+        return "imagenet", ""
+    except WsiheatError as exc:
+        if weights == "imagenet":
+            raise
+        return "none", (f"FELL BACK to random initialisation: ImageNet weights are not cached ({exc}); "
+                        f"run `wsiheat weights` once to get them")
