@@ -356,3 +356,26 @@ def test_cli_extract_manifest_resumes_and_errors(slides, single, tmp_path):
                            capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_heatmap_manifest_matches_library_and_resumes(slides, model_path, tmp_path):
+    from wsiheat.distributed import heatmap_many
+
+    ref = heatmap_many(read_manifest(slides / "manifest.csv"), model_path, tmp_path / "ref", workers=0,
+                       progress=False)
+    assert [r.status for r in ref["results"]] == ["done"] * 3
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    args = [sys.executable, "-m", "wsiheat", "heatmap", "--manifest", str(slides / "manifest.csv"), "-m",
+            str(model_path), "--out-dir", str(tmp_path / "cli")]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "3 slides: 3 done, 0 skipped, 0 failed" in r.stdout
+    for t in read_manifest(slides / "manifest.csv"):
+        with h5py.File(tmp_path / "ref" / f"{t.name}.h5") as fa, h5py.File(tmp_path / "cli" / f"{t.name}.h5") as fb:
+            np.testing.assert_allclose(fa["probabilities"][()], fb["probabilities"][()], rtol=1e-5, atol=1e-6)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "0 done, 3 skipped" in r.stdout
+    # a slide list and a manifest together is a one-line user error
+    r = subprocess.run(args + [str(slides / "sub" / "s_a.tif")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2 and "not both" in r.stderr and "Traceback" not in r.stderr

@@ -103,7 +103,7 @@ def test_hot_cells_match_tumor_region(data, tmp_path, key, cell0):
     model, meta = load_model(data["models"][key])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = infer.heatmap_slide(data["slide"], model, meta, tmp_path, batch_size=32, workers=2,
+        summary = infer.heatmap_slide(data["slide"], model, meta, tmp_path, batch_size=32, readers=2,
                                       block=512)
     if key == "ds4":
         assert any("resampled" in str(w.message) for w in caught)

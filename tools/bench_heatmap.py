@@ -182,7 +182,7 @@ def main() -> None:
         out.mkdir(exist_ok=True)
         for r in range(args.rounds):
             res["alone"].append(model_alone(predict, windows, args.batch_size))
-            summ = infer.heatmap_slide(path, model, meta, out, batch_size=args.batch_size, workers=args.workers,
+            summ = infer.heatmap_slide(path, model, meta, out, batch_size=args.batch_size, readers=args.workers,
                                        predict=predict, max_cells=args.cells)
             res["e2e"].append(summ["patches_per_second"])
             res["e2e_call"].append(summ["seconds"])

@@ -33,9 +33,12 @@ def cli() -> None:
 # Options shared by commands that process many slides; the commands call
 # _scale_requested() first and hand over to the helpers below.
 
-def _scale_options(f):
-    f = click.option("--keep-shards", is_flag=True,
-                     help="Keep the per-slide shards (OUTPUT.shards/NAME.h5) after merging.")(f)
+def _scale_options(f=None, *, shards: bool = True):
+    if f is None:
+        return lambda g: _scale_options(g, shards=shards)
+    if shards:
+        f = click.option("--keep-shards", is_flag=True,
+                         help="Keep the per-slide shards (OUTPUT.shards/NAME.h5) after merging.")(f)
     f = click.option("--retries", default=1, show_default=True, type=click.IntRange(min=0),
                      help="Extra attempts for a slide that fails.")(f)
     f = click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
@@ -280,7 +283,7 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
 
 
 @cli.command("heatmap")
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("slides", nargs=-1, required=False, type=click.Path(path_type=str))
 @click.option("-m", "--model", "model_path", required=True, type=click.Path(path_type=str),
               help="Saved wsiheat model (.keras).")
 @click.option("-o", "--output", type=click.Path(path_type=str), default=None,
@@ -291,8 +294,8 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Windows per model call.")
 @click.option("--tta", is_flag=True, help="Average the 8 rotations/flips of every window (8x slower).")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Background reader threads.")
+@click.option("--readers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Background reader threads per slide.")
 @click.option("--block", default=1024, show_default=True, type=click.IntRange(min=128),
               help="Side of the regions read at once, tower-0 pixels.")
 @click.option("--tissue-threshold", default=0.0, show_default=True, type=click.FloatRange(0, 1),
@@ -311,15 +314,17 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
               help="Override the model's tower downsamples (relative to level 0), e.g. '2,4'.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
-def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, workers, block,
+@_scale_options(shards=False)
+def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, readers, block,
                 tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
-                downsamples, progress) -> int:
+                downsamples, progress, **scale) -> int:
     """Tumor-probability heatmaps of SLIDES with a trained model.
 
     \b
     Examples:
       wsiheat heatmap slide.svs -m model.keras -o heat.png
       wsiheat heatmap slides/*.svs -m model.keras --out-dir results/
+      wsiheat heatmap --manifest slides.csv -m model.keras --out-dir results/ --workers 2
     \b
     Per slide NAME: NAME.png (heatmap + colorbar), NAME_overlay.png,
     NAME.h5 (raw probabilities, tissue, geometry), NAME_heatmap.tif
@@ -333,6 +338,19 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
 
     if output is not None and out_dir is not None:
         raise WsiheatError("give either -o/--output (one slide) or --out-dir, not both")
+    if scale.get("manifest") and slides:
+        raise WsiheatError(f"{slides[0]}: give either SLIDES or --manifest, not both")
+    if not scale.get("manifest") and not slides:
+        raise WsiheatError("no slide: give SLIDES or --manifest FILE")
+    if scale.get("manifest") or scale.get("workers") or scale.get("scheduler"):
+        if output is not None:
+            raise WsiheatError("--workers/--scheduler/--manifest write into --out-dir, not -o/--output")
+        return _heatmap_many_cli(scale, slides, model_path, Path(out_dir or "."), overwrite,
+                                 dict(batch_size=batch_size, tta=tta, readers=readers, block=block,
+                                      tissue_threshold=tissue_threshold, lesion_threshold=lesion_threshold,
+                                      nms_radius=nms_radius, nms_radius_um=nms_radius_um,
+                                      area_threshold=area_threshold, topk=topk,
+                                      downsamples=_parse_floats(downsamples, "--downsamples")))
     if output is not None:
         if len(slides) != 1:
             raise WsiheatError(f"-o/--output names the outputs of one slide, got {len(slides)} slides; "
@@ -382,7 +400,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", HeatmapWarning)
-                r = heatmap_slide(s, model, meta, folder, nm, batch_size=batch_size, tta=tta, workers=workers,
+                r = heatmap_slide(s, model, meta, folder, nm, batch_size=batch_size, tta=tta, readers=readers,
                                   block=block, tissue_threshold=tissue_threshold,
                                   lesion_threshold=lesion_threshold, nms_radius=nms_radius,
                                   nms_radius_um=nms_radius_um, area_threshold=area_threshold, topk=topk,
@@ -400,6 +418,29 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     if failed:
         click.echo(f"wsiheat: {failed} of {len(todo)} slides failed", err=True)
         return 2
+    return 0
+
+
+def _heatmap_many_cli(scale: dict, slides, model_path: str, out_dir, overwrite: bool, options: dict) -> int:
+    """Heatmaps of many slides through wsiheat.distributed (Dask when --workers/--scheduler)."""
+    from .distributed import heatmap_many, read_manifest, status_table, tasks_from_paths
+    from .infer import output_paths
+
+    tasks = (read_manifest(scale["manifest"], split=scale.get("manifest_split")) if scale.get("manifest")
+             else tasks_from_paths(list(slides)))
+    if overwrite:  # resumability skips finished slides: drop their outputs first
+        for t in tasks:
+            for p in output_paths(out_dir, t.name).values():
+                p.unlink(missing_ok=True)
+    run = heatmap_many(tasks, model_path, out_dir, workers=scale["workers"], scheduler=scale["scheduler"],
+                       retries=scale["retries"], progress=sys.stderr.isatty(), **options)
+    click.echo(status_table(run["results"]))
+    failed = [r for r in run["results"] if r.status == "failed"]
+    click.echo(f"{out_dir}: {len(run['results']) - len(failed)} of {len(run['results'])} slides done; "
+               f"{run['seconds']:.1f} s")
+    if failed:
+        raise WsiheatError(f"{out_dir}: {len(failed)} slides failed (see the table); re-run the same command "
+                           f"to retry them")
     return 0
 
 
@@ -645,10 +686,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("wsiheat: interrupted", err=True)
         sys.exit(130)
-    except click.exceptions.NoArgsUsage as exc:  # bare subcommand group: show help
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(0)
     except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `wsiheat` or group: show help
+            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            sys.exit(0)
         where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
         click.echo(f"wsiheat: error: {where}{exc.format_message()}", err=True)
         sys.exit(exc.exit_code)

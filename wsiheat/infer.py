@@ -604,7 +604,7 @@ def outputs_exist(out_dir: str | os.PathLike, name: str) -> bool:
 
 def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir: str | os.PathLike,
                   name: str | None = None, *, batch_size: int = 64, tta: bool = False,
-                  workers: int = 2, block: int = 1024, tissue_threshold: float = 0.0,
+                  readers: int = 2, block: int = 1024, tissue_threshold: float = 0.0,
                   lesion_threshold: float = 0.5, nms_radius: float | None = None,
                   nms_radius_um: float | None = None, area_threshold: float = 0.5, topk: int = 10,
                   downsamples: tuple[float, ...] | None = None, model_path: str | None = None,
@@ -629,7 +629,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         Windows per model call (fixed shape; the last batch is padded).
     tta : bool
         Average over the 8 rotations/flips.
-    workers : int
+    readers : int
         Background reader threads.
     block : int
         Tile side in tower-0 pixels read per region.
@@ -662,8 +662,8 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
     """
     if batch_size < 1:
         raise WsiheatError(f"batch size must be >= 1, got {batch_size}")
-    if workers < 1:
-        raise WsiheatError(f"workers must be >= 1, got {workers}")
+    if readers < 1:
+        raise WsiheatError(f"readers must be >= 1, got {readers}")
     if not 0 <= lesion_threshold <= 1:
         raise WsiheatError(f"lesion threshold must be in [0, 1], got {lesion_threshold}")
     out_dir = Path(out_dir)
@@ -700,7 +700,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
             bar = tqdm(total=len(rows), unit="patch", desc=name, dynamic_ncols=True, leave=False)
         t_model = time.perf_counter()
         try:
-            probs = predict_cells(slide, spec, centers0, tiles, predict, batch_size, workers,
+            probs = predict_cells(slide, spec, centers0, tiles, predict, batch_size, readers,
                                   bar.update if bar else None)
         finally:
             if bar:
