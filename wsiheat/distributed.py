@@ -463,54 +463,20 @@ def extract_shard(task: SlideTask, shard_dir: str, params: dict) -> dict:
     dict
         ``shard`` path plus the slide's statistics (scanned, kept_tumor, ...).
     """
-    from . import __version__
     from .annotations import load_ground_truth
-    from .extract import DEFAULT_LEVELS
+    from .extract import extraction_attrs, write_shard
     from .fileio import atomic_path
-    from .sampling import WindowSpec, extract_slide, plan_windows, resolve_towers
     from .slide import Slide
-    from .store import ShardWriter, normalize_attrs
-    from .tissue import tissue_mask
 
-    p = {"levels": None, "downsamples": None, "mpps": None, "window": 80, "center": 50, "stride": 50,
-         "tissue_threshold": 0.75, "normal_ratio": 1.0, "max_normal": 1000, "seed": 0,
-         "tissue_downsample": 32.0}
-    unknown = set(params) - set(p)
-    if unknown:
-        raise ValueError(f"unknown extract parameters {sorted(unknown)}")
-    p.update(params)
-    levels, downsamples, mpps = p["levels"], p["downsamples"], p["mpps"]
-    window, center, stride = p["window"], p["center"], p["stride"]
     shard = Path(shard_dir) / f"{task.name}.h5"
     slide = Slide(task.slide)
     try:
         if slide.name != task.name:
             raise WsiheatError(f"{task.slide}: slide name {slide.name} differs from task name {task.name}")
         gt = load_ground_truth(task.ground_truth, slide.dimensions) if task.ground_truth else None
-        if levels is None and downsamples is None and mpps is None:
-            levels = DEFAULT_LEVELS
-        lv, ds = resolve_towers(slide, levels=levels, downsamples=downsamples, mpps=mpps)
-        spec = WindowSpec(tuple(ds), window=window, center=center, stride=stride, levels=lv)
-        # the same parameter record and attributes as wsiheat.extract.extract_to_file
-        rec = {
-            "window": window, "center": center, "stride": stride,
-            "levels": list(levels) if levels is not None else None,
-            "downsamples": list(downsamples) if downsamples is not None and levels is None else None,
-            "mpp": list(mpps) if mpps is not None and levels is None and downsamples is None else None,
-            "tissue_threshold": p["tissue_threshold"], "tissue_downsample": p["tissue_downsample"],
-            "normal_ratio": p["normal_ratio"], "max_normal": p["max_normal"], "seed": p["seed"],
-            "label_rule": "tumor if any tumor pixel in the central C x C tower-0 pixels",
-        }
-        attrs = normalize_attrs({"window": window, "center": center, "stride": stride, "downsamples": ds,
-                                 "levels": lv, "tissue_threshold": p["tissue_threshold"], "params": rec,
-                                 "wsiheat_version": __version__})
-        tissue = tissue_mask(slide, p["tissue_downsample"])
-        plan = plan_windows(slide, spec, gt, tissue=tissue, tissue_threshold=p["tissue_threshold"],
-                            normal_ratio=p["normal_ratio"], max_normal=p["max_normal"], seed=p["seed"])
+        spec, attrs = extraction_attrs(slide, **params)
         with atomic_path(shard, suffix=".h5") as tmp:
-            with ShardWriter(tmp, attrs) as writer:
-                stats = extract_slide(slide, gt, spec, writer, plan=plan, progress=False,
-                                      slide_info={"params": rec, "tissue_downsample": tissue.downsample})
+            stats = write_shard(slide, gt, tmp, spec, attrs, progress=False)
     finally:
         slide.close()
     keep = ("scanned", "on_tissue", "tumor", "kept_tumor", "kept_normal", "kept")

@@ -11,6 +11,7 @@ The existing output stays byte-identical on any failure or interruption.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -66,7 +67,6 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
         rows_total, seconds, ...
     """
     from .annotations import load_ground_truth
-    from .tissue import tissue_mask
 
     t0 = time.perf_counter()
     output = Path(output)
@@ -78,22 +78,10 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
     slide = Slide(slide_path)
     try:
         gt = load_ground_truth(ground_truth_path, slide.dimensions) if ground_truth_path is not None else None
-        if levels is None and downsamples is None and mpps is None:
-            levels = DEFAULT_LEVELS
-        lv, ds = resolve_towers(slide, levels=levels, downsamples=downsamples, mpps=mpps)
-        spec = WindowSpec(tuple(ds), window=window, center=center, stride=stride, levels=lv)
-        params = {
-            "window": window, "center": center, "stride": stride,
-            "levels": list(levels) if levels is not None else None,
-            "downsamples": list(downsamples) if downsamples is not None and levels is None else None,
-            "mpp": list(mpps) if mpps is not None and levels is None and downsamples is None else None,
-            "tissue_threshold": tissue_threshold, "tissue_downsample": tissue_downsample,
-            "normal_ratio": normal_ratio, "max_normal": max_normal, "seed": seed,
-            "label_rule": "tumor if any tumor pixel in the central C x C tower-0 pixels",
-        }
-        attrs = normalize_attrs({"window": window, "center": center, "stride": stride, "downsamples": ds,
-                                 "levels": lv, "tissue_threshold": tissue_threshold, "params": params,
-                                 "wsiheat_version": __version__})
+        spec, attrs = extraction_attrs(slide, levels=levels, downsamples=downsamples, mpps=mpps, window=window,
+                                       center=center, stride=stride, tissue_threshold=tissue_threshold,
+                                       tissue_downsample=tissue_downsample, normal_ratio=normal_ratio,
+                                       max_normal=max_normal, seed=seed)
         if output.exists():  # fail fast, before the long work (merge_into checks again)
             with open_patches(output) as pf:
                 probs = compatibility_problems(pf.attrs, attrs)
@@ -103,15 +91,10 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
                 if slide.name in pf.slides and not replace:
                     raise WsiheatError(f"{output}: slide {slide.name} is already in the file "
                                        f"(use --replace to re-extract it)")
-        tissue = tissue_mask(slide, tissue_downsample)
-        plan = plan_windows(slide, spec, gt, tissue=tissue, tissue_threshold=tissue_threshold,
-                            normal_ratio=normal_ratio, max_normal=max_normal, seed=seed)
         fd, shard = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".shard.h5", dir=output.parent)
         os.close(fd)
         try:
-            with ShardWriter(shard, attrs) as writer:
-                stats = extract_slide(slide, gt, spec, writer, plan=plan, progress=progress, batch=batch,
-                                      slide_info={"params": params, "tissue_downsample": tissue.downsample})
+            stats = write_shard(slide, gt, shard, spec, attrs, progress=progress, batch=batch)
             merged = merge_into(output, [shard], replace=replace)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -120,8 +103,68 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
         slide.close()
     stats.update(rows_total=merged["rows_total"], replaced=bool(merged["slides_replaced"]),
                  slide=slide.name, output=str(output), seconds=time.perf_counter() - t0,
-                 levels=list(lv), downsamples=list(ds))
+                 levels=list(spec.levels), downsamples=list(spec.downsamples))
     return stats
+
+
+def extraction_attrs(slide: Slide, *, levels: tuple[int, ...] | None = None,
+                     downsamples: tuple[float, ...] | None = None, mpps: tuple[float, ...] | None = None,
+                     window: int = 80, center: int = 50, stride: int = 50, tissue_threshold: float = 0.75,
+                     tissue_downsample: float = 32.0, normal_ratio: float = 1.0, max_normal: int | None = 1000,
+                     seed: int = 0) -> tuple[WindowSpec, dict]:
+    """The window spec and the patches-file attributes of one extraction.
+
+    Towers come from the first of ``levels``, ``downsamples`` or ``mpps``
+    given (default :data:`DEFAULT_LEVELS`). The attributes hold the geometry
+    and, under ``params``, the full parameter record.
+
+    Returns
+    -------
+    spec : WindowSpec
+    attrs : dict
+        Normalised root attributes for :class:`wsiheat.store.ShardWriter`.
+    """
+    if levels is None and downsamples is None and mpps is None:
+        levels = DEFAULT_LEVELS
+    lv, ds = resolve_towers(slide, levels=levels, downsamples=downsamples, mpps=mpps)
+    spec = WindowSpec(tuple(ds), window=window, center=center, stride=stride, levels=lv)
+    params = {
+        "window": window, "center": center, "stride": stride,
+        "levels": list(levels) if levels is not None else None,
+        "downsamples": list(downsamples) if downsamples is not None and levels is None else None,
+        "mpp": list(mpps) if mpps is not None and levels is None and downsamples is None else None,
+        "tissue_threshold": tissue_threshold, "tissue_downsample": tissue_downsample,
+        "normal_ratio": normal_ratio, "max_normal": max_normal, "seed": seed,
+        "label_rule": "tumor if any tumor pixel in the central C x C tower-0 pixels",
+    }
+    attrs = normalize_attrs({"window": window, "center": center, "stride": stride, "downsamples": ds,
+                             "levels": lv, "tissue_threshold": tissue_threshold, "params": params,
+                             "wsiheat_version": __version__})
+    return spec, attrs
+
+
+def write_shard(slide: Slide, ground_truth, shard: str | os.PathLike, spec: WindowSpec, attrs: dict, *,
+                progress: bool = True, batch: int = 1024) -> dict:
+    """Plan one slide's windows and write them into a new shard file ``shard``.
+
+    The sampler options (tissue threshold and mask resolution, class ratio,
+    cap, seed) are read from ``attrs["params"]`` so the shard records exactly
+    what produced it.
+
+    Returns
+    -------
+    dict
+        The slide's statistics (see :func:`wsiheat.sampling.extract_slide`).
+    """
+    from .tissue import tissue_mask
+
+    p = json.loads(attrs["params"]) if isinstance(attrs["params"], str) else attrs["params"]
+    tissue = tissue_mask(slide, p["tissue_downsample"])
+    plan = plan_windows(slide, spec, ground_truth, tissue=tissue, tissue_threshold=p["tissue_threshold"],
+                        normal_ratio=p["normal_ratio"], max_normal=p["max_normal"], seed=p["seed"])
+    with ShardWriter(shard, attrs) as writer:
+        return extract_slide(slide, ground_truth, spec, writer, plan=plan, progress=progress, batch=batch,
+                             slide_info={"params": p, "tissue_downsample": tissue.downsample})
 
 
 def summary_line(stats: dict) -> str:
