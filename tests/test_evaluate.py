@@ -480,6 +480,14 @@ def test_cli_froc_bad_input(tmp_path, capsys):
                    "B_lesions.csv", "no detections")
     code, _, err = run_cli(["evaluate", "froc", str(res), "-g", str(gt), "-o", out, "--allow-empty"], capsys)
     assert code == 0, err
+    # ... and accepted without the flag when the heatmap JSON says it found no lesion
+    meta_b = json.loads((res / "B.json").read_text()) if (res / "B.json").exists() else {"slide": "B"}
+    (res / "B.json").write_text(json.dumps({**meta_b, "lesions": 0}))
+    code, _, err = run_cli(["evaluate", "froc", str(res), "-g", str(gt), "-o", out], capsys)
+    assert code == 0, err
+    (res / "B.json").write_text(json.dumps({**meta_b, "lesions": 3}))
+    one_line_error(*run_cli(["evaluate", "froc", str(res), "-g", str(gt), "-o", out], capsys)[::2],
+                   "B_lesions.csv", "no detections")
     # NaN and out-of-range probabilities
     for bad in ("nan,10,10\n", "1.01,10,10\n"):
         (res / "B_lesions.csv").write_text(good + bad)

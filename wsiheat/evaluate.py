@@ -82,7 +82,8 @@ is a tumor slide when its ground truth marks tumor (the official code looks
 at the file name prefix ``Tumor``). Bad input that the official script would
 silently accept or crash on is refused with a one-line error: a detection
 outside the slide, NaN or probabilities outside [0, 1], an empty detection
-file (unless ``allow_empty``), slide names without ground truth or without
+file (unless ``allow_empty``, or the slide's heatmap JSON records
+``"lesions": 0``: wsiheat found no candidate above its threshold), slide names without ground truth or without
 detections.
 """
 
@@ -1052,7 +1053,9 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
     d = 2 ** level
     detections, masks = {}, {}
     for name in tqdm(sorted(det_files), desc="FROC", unit="slide", disable=None if progress else True):
-        probs, xs, ys = read_detections(det_files[name], allow_empty=allow_empty)
+        # an empty CSV is a legitimate "no lesion" when wsiheat heatmap wrote it and says so
+        no_lesions = metas.get(name, {}).get("lesions") == 0
+        probs, xs, ys = read_detections(det_files[name], allow_empty=allow_empty or no_lesions)
         detections[name] = (probs, xs, ys)
         dims = metas.get(name, {}).get("dimensions")
         if dims is not None:
