@@ -80,7 +80,19 @@ def spec_from_metadata(metadata: dict, slide: Slide | None = None,
         is not a pyramid level is resampled from the nearest finer level.
     downsamples : tuple of float, optional
         Override the metadata's downsamples (relative to level 0).
+
+    Notes
+    -----
+    When the metadata has ``mpps`` (µm/px of each tower, recorded when the
+    training slides had µm/px) and the slide has µm/px, the towers are read
+    at ``mpps / slide.mpp``, so a model trained at one scan resolution reads
+    other scanners' slides at the same physical scale. Otherwise the
+    metadata's ``downsamples`` are used as they are.
     """
+    mpps = metadata.get("mpps")
+    if downsamples is None and mpps and slide is not None and slide.mpp:
+        # the model knows the physical resolution of its towers: match it on this slide
+        downsamples = tuple(float(m) / slide.mpp for m in mpps)
     try:
         ds = tuple(float(d) for d in (downsamples if downsamples is not None else metadata["downsamples"]))
         window, center = int(metadata["window"]), int(metadata["center"])
