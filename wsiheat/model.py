@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -303,20 +304,23 @@ def set_trainable_from(model, block_name: str | None) -> int:
             continue
         names = [layer.name for layer in layers]
         if block_name not in names:
-            blocks = [n for n in names if n.startswith("mixed")]
+            blocks = [n for n in names if re.fullmatch(r"mixed\d+", n)]
             raise WsiheatError(f"--trainable-from {block_name}: no such block in the backbone "
                                f"(choose one of {', '.join(blocks) or 'none'}, all, none)")
         end = names.index(block_name)
         index = {id(layer): i for i, layer in enumerate(layers)}
-        # the block input: the highest layer i such that every layer in (i, end]
-        # takes its inputs from layers at index >= i
+        # the block input: the previous ``mixed`` layer, else (the stem) the highest
+        # layer i such that every layer in (i, end] takes its inputs from index >= i
+        previous = [i for i, n in enumerate(names[:end]) if re.fullmatch(r"mixed\d+", n)]
         lowest, cut = end, 0
-        for i in range(end - 1, -1, -1):
+        for i in ([] if previous else range(end - 1, -1, -1)):
             for src in _inbound_layers(layers[i + 1]):
                 lowest = min(lowest, index.get(id(src), 0))
             if lowest >= i:
                 cut = i
                 break
+        if previous:
+            cut = previous[-1]
         for layer in layers[: cut + 1]:
             layer.trainable = False
     return len(model.trainable_weights)

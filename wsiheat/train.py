@@ -180,8 +180,7 @@ def _read_history(path: Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
-        return [{k: (float(v) if k not in ("stage",) and v not in ("", None) else v)
-                 for k, v in r.items()} for r in csv.DictReader(fh)]
+        return list(csv.DictReader(fh))
 
 
 def plot_history(rows: list[dict], path: Path) -> None:
@@ -273,7 +272,7 @@ def _oom_message(patches: Path, cfg: TrainConfig) -> str:
 
 def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainConfig = TrainConfig(),
           *, val: str | os.PathLike | None = None, resume: bool = False,
-          progress: bool = True) -> dict:
+          progress: bool = True, callbacks: list | None = None) -> dict:
     """Train a tumor classifier on an HDF5 patches file and save it as ``output`` (.keras).
 
     Parameters
@@ -288,6 +287,10 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         Separate validation patches file (instead of a by-slide split).
     resume : bool
         Continue from ``OUTPUT.ckpt/`` after an interruption.
+    progress : bool
+        Keras progress output (a bar on a terminal, one line per epoch otherwise).
+    callbacks : list of keras.callbacks.Callback, optional
+        Extra callbacks, run after the checkpointing one.
 
     Returns
     -------
@@ -391,7 +394,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
                                         config.lr_decay, config.patience)
                 model.fit(train_ds, epochs=s1, initial_epoch=start, steps_per_epoch=steps,
                           validation_data=val_ds, validation_steps=val_steps, class_weight=cw,
-                          callbacks=[cb], shuffle=False, verbose=verbose)
+                          callbacks=[cb, *(callbacks or [])], shuffle=False, verbose=verbose)
                 state["epoch"] = max(int(state["epoch"]), s1)
                 _write_state(ckpt, state)
             if model is None:  # everything done before an interruption at the very end
