@@ -235,21 +235,29 @@ def test_build_model_tiny_and_trainable_from(tmp_path):
         build_model(3, 16, weights=str(tmp_path / "missing.h5"), backbone="tiny")
 
 
-def test_imagenet_unavailable_is_an_error_not_random_init():
-    import importlib.util
-
+def test_imagenet_unavailable_is_an_error_not_random_init(tmp_path, monkeypatch):
     from wsiheat.model import build_model
 
-    if importlib.util.find_spec("wsiheat.weights") is not None:
+    monkeypatch.setenv("WSIHEAT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(WsiheatError, match="wsiheat weights"):
+        build_model(1, 80, weights="imagenet")
+
+
+def test_imagenet_weights_are_loaded_when_cached():
+    from wsiheat.model import build_model
+
+    try:
         from wsiheat.weights import ensure_imagenet_weights
 
-        try:
-            ensure_imagenet_weights(download=False)
-            pytest.skip("ImageNet weights are installed here")
-        except WsiheatError:
-            pass
-    with pytest.raises(WsiheatError, match="(?i)imagenet|weights"):
-        build_model(1, 80, weights="imagenet")
+        ensure_imagenet_weights(download=False)
+    except (ImportError, WsiheatError):
+        pytest.skip("ImageNet weights not cached here (run `wsiheat weights`)")
+    a = build_model(1, 75, weights="imagenet").get_layer("tower0").get_layer("stem_conv")
+    b = build_model(1, 75, weights="imagenet").get_layer("tower0").get_layer("stem_conv")
+    c = build_model(1, 75, weights="none").get_layer("tower0").get_layer("stem_conv")
+    assert np.array_equal(a.get_weights()[0], b.get_weights()[0])  # not a random start
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
 
 
 def test_real_inception_v3_two_towers_one_step():
@@ -266,11 +274,11 @@ def test_real_inception_v3_two_towers_one_step():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (2, 2, 80, 80, 3), dtype=np.uint8)
     y = np.array([[0], [1]], np.float32)
-    frozen = m.get_layer("backbone").get_layer("conv2d").get_weights()[0].copy()
+    frozen = m.get_layer("backbone").get_layer("stem_conv").get_weights()[0].copy()
     top = m.get_layer("tumor").get_weights()[0].copy()
     hist = m.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert np.isfinite(hist.history["loss"][0])
-    assert np.array_equal(frozen, m.get_layer("backbone").get_layer("conv2d").get_weights()[0])
+    assert np.array_equal(frozen, m.get_layer("backbone").get_layer("stem_conv").get_weights()[0])
     assert not np.array_equal(top, m.get_layer("tumor").get_weights()[0])
     keras.backend.clear_session()
 
@@ -354,9 +362,9 @@ def test_cli_bad_inputs(tmp_path, capsys):
                                                  slide_ids[:0], [])
     cases["only one class"] = write_patches(tmp_path / "one.h5", images, np.zeros_like(labels),
                                             slide_ids, slides)
-    cases["another tool"] = write_patches(tmp_path / "foreign.h5", images, labels, slide_ids,
+    cases["not a wsiheat patches file"] = write_patches(tmp_path / "foreign.h5", images, labels, slide_ids,
                                           slides, fmt=None)
-    cases["schema version 0"] = write_patches(tmp_path / "old.h5", images, labels, slide_ids,
+    cases["schema_version 0"] = write_patches(tmp_path / "old.h5", images, labels, slide_ids,
                                               slides, version=0)
     (tmp_path / "text.h5").write_text("hello")
     cases["not an HDF5 file"] = tmp_path / "text.h5"
@@ -418,6 +426,7 @@ def test_import_idc_tree_and_mislabeled_file(tmp_path, capsys):
     assert "13 patches (6 tumor, 7 normal) from 2 slide(s), idc layout" in stdout
     pf = open_patch_file(out)
     assert (pf.n, pf.towers, pf.window) == (13, 1, 80) and pf.slides == ["8863", "9001"]
+    assert pf.attrs["format"] == "wsiheat-patches" and pf.attrs["center"] == 80
     assert np.isclose(pf.downsamples[0], 50 / 80) and pf.levels == [None]
     with h5py.File(out) as f:
         centers, images = f["centers"][:], f["images"][:]

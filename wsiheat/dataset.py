@@ -98,61 +98,28 @@ def _plain(v):
 
 
 def open_patch_file(path: str | os.PathLike) -> PatchFile:
-    """Validate an HDF5 patches file against the contract and read its small arrays.
+    """Validate an HDF5 patches file (:func:`wsiheat.store.open_patches`) and read its small arrays.
 
     Raises
     ------
     WsiheatError
         Missing, not HDF5, another tool's file, another schema version, missing
-        or inconsistent datasets, or no rows.
+        or inconsistent datasets, labels other than 0/1, or no rows.
     """
-    import h5py
+    from .store import open_patches
 
     path = Path(path)
-    if not path.exists():
-        raise WsiheatError(f"{path}: no such file")
-    if path.is_dir():
-        raise WsiheatError(f"{path}: is a folder, not an HDF5 patches file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise WsiheatError(f"{path}: not an HDF5 file (expected wsiheat patches from "
-                           "'wsiheat extract' or 'wsiheat import')") from None
-    with f:
-        fmt = _plain(f.attrs.get("format", None))
-        if fmt != FORMAT:
-            raise WsiheatError(f"{path}: not a wsiheat patches file (format attribute "
-                               f"{fmt!r}; written by another tool?)")
-        version = _plain(f.attrs.get("schema_version", None))
-        if version != SCHEMA_VERSION:
-            raise WsiheatError(f"{path}: patches schema version {version}, this wsiheat reads "
-                               f"version {SCHEMA_VERSION}; re-run extract/import")
-        missing = [d for d in REQUIRED_DATASETS if d not in f]
-        if missing:
-            raise WsiheatError(f"{path}: patches file lacks dataset(s) {', '.join(missing)}")
-        images = f["images"]
-        if images.ndim != 5 or images.shape[-1] != 3 or images.shape[2] != images.shape[3] \
-                or images.dtype != np.uint8:
-            raise WsiheatError(f"{path}: images must be uint8 (N, T, W, W, 3), found "
-                               f"{images.dtype} {images.shape}")
-        n, towers, window = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
-        if n == 0:
+    with open_patches(path) as sf:
+        if sf.n == 0:
             raise WsiheatError(f"{path}: contains no patches")
-        labels = np.asarray(f["labels"][:], dtype=np.uint8)
-        slide_ids = np.asarray(f["slide_ids"][:], dtype=np.int32)
-        slides = [_plain(s) for s in f["slides"][:]]
-        if labels.shape != (n,) or slide_ids.shape != (n,):
-            raise WsiheatError(f"{path}: labels/slide_ids do not have one entry per image ({n})")
-        if slide_ids.min() < 0 or slide_ids.max() >= len(slides):
-            raise WsiheatError(f"{path}: slide_ids point outside slides (0..{len(slides) - 1})")
-        if not np.isin(labels, (0, 1)).all():
+        labels = np.asarray(sf.labels, dtype=np.uint8)
+        if not np.isin(sf.labels, (0, 1)).all():
             raise WsiheatError(f"{path}: labels must be 0 or 1")
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-        chunks = images.chunks
-        chunk_rows = int(chunks[0]) if chunks else 64
-    return PatchFile(path=path, n=n, towers=towers, window=window, labels=labels,
-                     slide_ids=slide_ids, slides=slides, attrs=attrs, chunk_rows=max(1, chunk_rows),
-                     row_bytes=towers * window * window * 3)
+        attrs = {k: _plain(v) for k, v in sf.attrs.items()}
+        return PatchFile(path=path, n=sf.n, towers=sf.towers, window=sf.window, labels=labels,
+                         slide_ids=np.asarray(sf.slide_ids, dtype=np.int32), slides=list(sf.slides),
+                         attrs=attrs, chunk_rows=max(1, sf.chunk_rows),
+                         row_bytes=sf.towers * sf.window * sf.window * 3)
 
 
 # --------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ tower; ``downsamples = [side / window]`` (``[50/80]`` for IDC), ``levels = [-1]`
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ import numpy as np
 from . import __version__
 from .errors import WsiheatError
 from .fileio import atomic_path
+from .store import ShardWriter
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 CLASS_NAMES = {"0": 0, "1": 1, "normal": 0, "negative": 0, "tumor": 1, "tumour": 1, "positive": 1}
@@ -117,29 +117,6 @@ def _load_patch(path: Path, window: int, side: int | None) -> np.ndarray:
     return rgb
 
 
-def write_patches(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
-                  centers: np.ndarray, slide_ids: np.ndarray, slides: list, slide_info: list,
-                  attrs: dict, chunk_rows: int = 64) -> Path:
-    """Write an HDF5 patches file (contract in docs) atomically with h5py."""
-    import h5py
-
-    path = Path(path)
-    n = len(images)
-    with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("images", data=images, dtype=np.uint8,
-                             chunks=(max(1, min(chunk_rows, n)),) + images.shape[1:])
-            f.create_dataset("labels", data=labels.astype(np.uint8))
-            f.create_dataset("centers", data=centers.astype(np.int64))
-            f.create_dataset("slide_ids", data=slide_ids.astype(np.int32))
-            st = h5py.string_dtype()
-            f.create_dataset("slides", data=np.array(slides, dtype=object), dtype=st)
-            f.create_dataset("slide_info", data=np.array(slide_info, dtype=object), dtype=st)
-            for k, v in attrs.items():
-                f.attrs[k] = v
-    return path
-
-
 def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: int = 80,
                    workers: int | None = None, progress: bool = True) -> dict:
     """Import a folder tree of labeled patches into an HDF5 patches file.
@@ -187,21 +164,21 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
     half = nominal // 2
     centers = np.array([[it["x"] + half, it["y"] + half] if it["x"] >= 0 else [-1, -1]
                         for it in items], np.int64)
-    info = []
-    for s in slides:
-        m = slide_ids == sid[s]
-        info.append(json.dumps({"name": s, "path": str(root / s) if layout == "idc" else str(root),
-                                "source": f"imported patches ({layout} layout)",
-                                "dimensions": None, "mpp": None, "levels": [None],
-                                "windows": {"normal": int((labels[m] == 0).sum()),
-                                            "tumor": int((labels[m] == 1).sum())}}))
     params = {"command": "import", "root": str(root), "layout": layout, "window": window,
               "patch_side": nominal}
-    attrs = {"format": "wsiheat-patches", "schema_version": 1, "window": window,
-             "center": window, "stride": window,  # the whole patch is labelled
-             "levels": np.array([-1], np.int64),
-             "downsamples": np.array([nominal / window], np.float64), "tissue_threshold": 0.0,
-             "wsiheat_version": __version__, "params": json.dumps(params)}
-    write_patches(output, images, labels, centers, slide_ids, slides, info, attrs)
+    attrs = {"window": window, "center": window, "stride": window,  # the whole patch is labelled
+             "levels": [None], "downsamples": [nominal / window], "tissue_threshold": float("nan"),
+             "wsiheat_version": __version__, "params": params}
+    with atomic_path(output, suffix=".h5") as tmp:
+        with ShardWriter(tmp, attrs) as writer:
+            for s in slides:
+                rows = np.flatnonzero(slide_ids == sid[s])
+                info = {"name": s, "path": str(root / s) if layout == "idc" else str(root),
+                        "source": f"imported patches ({layout} layout)", "dimensions": None,
+                        "mpp": None, "levels": [None],
+                        "windows": {"normal": int((labels[rows] == 0).sum()),
+                                    "tumor": int((labels[rows] == 1).sum())}}
+                k = writer.add_slide(s, info)
+                writer.append(images[rows], labels[rows], centers[rows], k)
     return {"layout": layout, "patches": len(items), "slides": len(slides),
             "tumor": int(labels.sum()), "normal": int((labels == 0).sum()), "output": str(output)}
