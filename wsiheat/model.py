@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -92,3 +93,234 @@ def load_model(path: str | os.PathLike, compile: bool = False):
         raise WsiheatError(f"{path}: cannot load the Keras model ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     return model, meta
+
+
+# --------------------------------------------------------------------------------------
+# Building the multi-tower network
+# --------------------------------------------------------------------------------------
+
+BACKBONES = ("inception_v3", "tiny")
+MIN_INCEPTION_WINDOW = 75
+
+
+def tiny_backbone(input_shape=(None, None, 3), name: str = "tiny") -> "keras.Model":
+    """A two-convolution stand-in for InceptionV3 (fast tests only).
+
+    Its two blocks are named ``mixed0`` and ``mixed1`` so that
+    :func:`set_trainable_from` works on it exactly as on InceptionV3.
+    """
+    import keras
+
+    inp = keras.Input(input_shape, name=f"{name}_input")
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv0")(inp)
+    x = keras.layers.BatchNormalization(name="bn0")(x)
+    x = keras.layers.Activation("relu", name="mixed0")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="conv1")(x)
+    x = keras.layers.Activation("relu", name="mixed1")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inp, x, name=name)
+
+
+def _make_backbone(backbone: str, window: int, variant: str, name: str):
+    if backbone == "tiny":
+        return tiny_backbone((window, window, 3), name=name)
+    from .inception import inception_v3_backbone
+
+    return inception_v3_backbone((window, window, 3), variant=variant, name=name)
+
+
+def _imagenet_source(download: bool = False):
+    """Return ``(path, variant)`` of the ImageNet Inception-v3 weights or raise WsiheatError."""
+    try:
+        from .weights import ensure_imagenet_weights
+    except ImportError:
+        raise WsiheatError("imagenet: ImageNet Inception-v3 weights are not available in this "
+                           "installation (wsiheat.weights is missing); use --weights none or "
+                           "--weights PATH") from None
+    return ensure_imagenet_weights(download=download)
+
+
+def build_model(towers: int, window: int = 80, *, weights: str = "imagenet",
+                shared_backbone: bool = False, dropout: float = 0.5, variant: str = "tf2015",
+                backbone: str = "inception_v3", head_dtype: str = "float32"):
+    """Build the multi-tower tumor classifier.
+
+    Parameters
+    ----------
+    towers : int
+        Number of magnifications (T), >= 1; tower 0 is the finest.
+    window : int
+        Window side W in pixels (InceptionV3 needs >= 75).
+    weights : str
+        ``"imagenet"`` (real ImageNet Inception-v3 weights; a WsiheatError when
+        they cannot be had -- never a silent random start), ``"none"`` (random
+        initialisation) or a path: a Keras weights file (whole model or one
+        backbone, e.g. Keras's ``inception_v3_..._notop.h5``) or a previous
+        wsiheat ``.keras`` model with the same number of towers.
+    shared_backbone : bool
+        One backbone (same weights) for every tower instead of one per tower.
+    dropout : float
+        Dropout rate in [0, 1) before the sigmoid head.
+    variant : str
+        Backbone graph variant passed to :func:`wsiheat.inception.inception_v3_backbone`
+        (overridden by the variant of the ImageNet weights when ``weights="imagenet"``).
+    backbone : str
+        ``"inception_v3"`` or ``"tiny"`` (a two-convolution network for tests).
+    head_dtype : str
+        dtype of the sigmoid head (float32 also under mixed precision).
+
+    Returns
+    -------
+    keras.Model
+        Input uint8 ``(B, T, W, W, 3)`` named ``windows``, output ``(B, 1)``
+        tumor probability. Preprocessing (``x / 127.5 - 1``) is inside. The
+        backbones are the sub-models named ``tower0``, ``tower1``, ... (or
+        ``backbone`` when shared).
+    """
+    import keras
+
+    if not isinstance(towers, (int,)) or isinstance(towers, bool) or towers < 1:
+        raise WsiheatError(f"towers={towers!r}: need an integer >= 1")
+    if not isinstance(window, int) or window < 8:
+        raise WsiheatError(f"window={window!r}: need an integer >= 8")
+    if backbone not in BACKBONES:
+        raise WsiheatError(f"backbone={backbone!r}: choose one of {', '.join(BACKBONES)}")
+    if backbone == "inception_v3" and window < MIN_INCEPTION_WINDOW:
+        raise WsiheatError(f"window={window}: InceptionV3 needs windows of at least "
+                           f"{MIN_INCEPTION_WINDOW} px")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise WsiheatError(f"dropout={dropout!r}: need a value in [0, 1)")
+    weights = str(weights)
+    imagenet = None
+    if weights == "imagenet":
+        if backbone != "inception_v3":
+            raise WsiheatError(f"weights=imagenet: only for the inception_v3 backbone, not {backbone}")
+        imagenet = _imagenet_source()
+        variant = imagenet[1]
+    elif weights != "none" and not Path(weights).exists():
+        raise WsiheatError(f"{weights}: no such weights file (use imagenet, none or a path)")
+
+    inp = keras.Input((towers, window, window, 3), dtype="uint8", name="windows")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inp)
+    if shared_backbone:
+        nets = [_make_backbone(backbone, window, variant, "backbone")] * towers
+    else:
+        nets = [_make_backbone(backbone, window, variant, f"tower{t}") for t in range(towers)]
+    if imagenet is not None:
+        from .weights import load_imagenet_weights
+
+        for net in dict.fromkeys(nets):  # each distinct backbone once
+            load_imagenet_weights(net, imagenet[0], imagenet[1])
+    feats = [nets[t](x[:, t]) for t in range(towers)]
+    y = feats[0] if towers == 1 else keras.layers.Concatenate(name="features")(feats)
+    y = keras.layers.Dropout(float(dropout), name="dropout")(y)
+    out = keras.layers.Dense(1, activation="sigmoid", dtype=head_dtype, name="tumor")(y)
+    model = keras.Model(inp, out, name=f"wsiheat_{towers}tower_{backbone}")
+    if weights not in ("imagenet", "none"):
+        load_weights_into(model, weights, towers)
+    return model
+
+
+def backbones(model) -> list:
+    """The distinct backbone sub-models of a model built by :func:`build_model`."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
+def load_weights_into(model, path: str | os.PathLike, towers: int) -> None:
+    """Load ``path`` (a wsiheat model or a Keras weights file) into ``model``.
+
+    A wsiheat ``.keras`` model must have the same number of towers and the same
+    architecture; a Keras weights file is tried on the whole model, then on
+    each backbone (e.g. Keras's ImageNet ``..._notop.h5``).
+    """
+    path = Path(path)
+    if path.suffix == ".keras":
+        meta = read_metadata(path)
+        if int(meta["towers"]) != towers:
+            raise WsiheatError(f"{path}: the weights model has {meta['towers']} tower(s) but the "
+                               f"training data has {towers}")
+        old, _ = load_model(path)
+        new_w, old_w = model.get_weights(), old.get_weights()
+        if len(new_w) != len(old_w) or any(a.shape != b.shape for a, b in zip(new_w, old_w)):
+            raise WsiheatError(f"{path}: its architecture differs from the model being built "
+                               "(backbone or --shared-backbone differ)")
+        model.set_weights(old_w)
+        return
+    errors = []
+    try:
+        model.load_weights(path)
+        return
+    except Exception as exc:  # not whole-model weights: try per backbone
+        errors.append(exc)
+    try:
+        for net in backbones(model):
+            net.load_weights(path)
+        return
+    except Exception as exc:
+        errors.append(exc)
+    raise WsiheatError(f"{path}: not a Keras weights file for this model or its backbone "
+                       f"({type(errors[-1]).__name__})")
+
+
+def _inbound_layers(layer) -> list:
+    out = []
+    for node in getattr(layer, "_inbound_nodes", [])[:1]:
+        for t in node.input_tensors:
+            hist = getattr(t, "_keras_history", None)
+            if hist is not None:
+                out.append(hist[0])
+    return out
+
+
+def set_trainable_from(model, block_name: str | None) -> int:
+    """Freeze every backbone layer below block ``block_name`` (e.g. ``"mixed5"``).
+
+    The block ``mixedN`` starts right after the single layer through which all
+    of its inputs pass (the previous ``mixed`` concatenation, or the stem);
+    that layer and everything before it are frozen (batch normalisation then
+    runs in inference mode), the block and all layers above it are trainable.
+    ``None``, ``"all"`` or ``""`` makes everything trainable; ``"none"``
+    freezes the backbones entirely (only the head trains).
+
+    Returns
+    -------
+    int
+        Number of trainable weight tensors after the change.
+    """
+    nets = backbones(model)
+    model.trainable = True
+    for net in nets:
+        net.trainable = True
+        for layer in net.layers:
+            layer.trainable = True
+    if block_name in (None, "", "all"):
+        return len(model.trainable_weights)
+    for net in nets:
+        layers = net.layers
+        if block_name == "none":
+            net.trainable = False
+            continue
+        names = [layer.name for layer in layers]
+        if block_name not in names:
+            blocks = [n for n in names if re.fullmatch(r"mixed\d+", n)]
+            raise WsiheatError(f"--trainable-from {block_name}: no such block in the backbone "
+                               f"(choose one of {', '.join(blocks) or 'none'}, all, none)")
+        end = names.index(block_name)
+        index = {id(layer): i for i, layer in enumerate(layers)}
+        # the block input: the previous ``mixed`` layer, else (the stem) the highest
+        # layer i such that every layer in (i, end] takes its inputs from index >= i
+        previous = [i for i, n in enumerate(names[:end]) if re.fullmatch(r"mixed\d+", n)]
+        lowest, cut = end, 0
+        for i in ([] if previous else range(end - 1, -1, -1)):
+            for src in _inbound_layers(layers[i + 1]):
+                lowest = min(lowest, index.get(id(src), 0))
+            if lowest >= i:
+                cut = i
+                break
+        if previous:
+            cut = previous[-1]
+        for layer in layers[: cut + 1]:
+            layer.trainable = False
+    return len(model.trainable_weights)

@@ -1,0 +1,184 @@
+"""Import folders of labeled patches into the HDF5 patches contract.
+
+Layouts recognised (decided by the folder tree):
+
+* Kaggle IDC: ``DIR/PATIENT/CLASS/PATIENT_idx5_xX_yY_classC.png`` -- the
+  patient is the slide; ``X, Y`` are the patch's top-left corner in the
+  source, so the window centre is ``(X + 25, Y + 25)`` for the 50 px patches;
+* plain: ``DIR/CLASS/*.png`` -- one pseudo-slide per class folder is NOT made:
+  every file is its own slide unless its name carries a ``PATIENT_`` prefix in
+  the IDC pattern (so a by-slide validation split stays meaningful), centres -1.
+
+``CLASS`` is ``0``/``1`` (or ``normal``/``negative`` and ``tumor``/``positive``).
+A file whose folder label and ``_classC`` name label disagree is an error
+listing every such file. Patches are padded to square (white, bottom/right;
+IDC's border patches are smaller than 50 px) and resized to the window. One
+tower; ``downsamples = [side / window]`` (``[50/80]`` for IDC), ``levels = [-1]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import WsiheatError
+from .fileio import atomic_path
+from .store import ShardWriter
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+CLASS_NAMES = {"0": 0, "1": 1, "normal": 0, "negative": 0, "tumor": 1, "tumour": 1, "positive": 1}
+IDC_NAME = re.compile(r"^(?P<patient>.+?)_idx\d+_x(?P<x>-?\d+)_y(?P<y>-?\d+)_class(?P<c>\d+)$")
+CLASS_IN_NAME = re.compile(r"_class(?P<c>\d+)$")
+IDC_SIDE = 50
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
+    """List the labeled patches under ``root``.
+
+    Returns
+    -------
+    layout : {"idc", "plain"}
+    items : list of dict
+        ``path``, ``label``, ``slide``, ``x``, ``y`` (top-left or -1), sorted
+        by slide, label and path.
+
+    Raises
+    ------
+    WsiheatError
+        No patches, unknown class folders, or folder/name label disagreements
+        (all listed).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise WsiheatError(f"{root}: not a folder of labeled patches")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    class_dirs = [d for d in subdirs if d.name.lower() in CLASS_NAMES]
+    if class_dirs and len(class_dirs) == len(subdirs):
+        layout, groups = "plain", [(None, d) for d in class_dirs]
+    else:
+        layout, groups = "idc", []
+        for pdir in subdirs:
+            for cdir in sorted(p for p in pdir.iterdir() if p.is_dir()):
+                if cdir.name.lower() not in CLASS_NAMES:
+                    raise WsiheatError(f"{cdir}: unknown class folder {cdir.name!r} (expected "
+                                       f"{', '.join(sorted(CLASS_NAMES))})")
+                groups.append((pdir.name, cdir))
+    items, mislabeled = [], []
+    for patient, cdir in groups:
+        label = CLASS_NAMES[cdir.name.lower()]
+        for f in sorted(cdir.iterdir()):
+            if not _is_image(f):
+                continue
+            m = IDC_NAME.match(f.stem)
+            c = CLASS_IN_NAME.search(f.stem)
+            if c is not None and int(c.group("c")) != label:
+                mislabeled.append(f)
+                continue
+            slide = patient or (m.group("patient") if m else f.stem)
+            x, y = (int(m.group("x")), int(m.group("y"))) if m else (-1, -1)
+            items.append({"path": f, "label": label, "slide": slide, "x": x, "y": y})
+    if mislabeled:
+        shown = ", ".join(str(p) for p in mislabeled[:10])
+        more = f" and {len(mislabeled) - 10} more" if len(mislabeled) > 10 else ""
+        raise WsiheatError(f"{root}: {len(mislabeled)} file(s) whose folder label and file-name "
+                           f"label disagree: {shown}{more}")
+    if not items:
+        raise WsiheatError(f"{root}: no labeled patches found (expected PATIENT/CLASS/*.png or "
+                           "CLASS/*.png with CLASS 0/1)")
+    items.sort(key=lambda it: (it["slide"], it["label"], str(it["path"])))
+    return layout, items
+
+
+def _load_patch(path: Path, window: int, side: int | None) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise WsiheatError(f"{path}: cannot read the image")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    s = max(h, w, side or 0)
+    if (h, w) != (s, s):
+        pad = np.full((s, s, 3), 255, np.uint8)
+        pad[:h, :w] = rgb
+        rgb = pad
+    if s != window:
+        interp = cv2.INTER_LINEAR if s < window else cv2.INTER_AREA
+        rgb = cv2.resize(rgb, (window, window), interpolation=interp)
+    return rgb
+
+
+def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: int = 80,
+                   workers: int | None = None, progress: bool = True) -> dict:
+    """Import a folder tree of labeled patches into an HDF5 patches file.
+
+    Parameters
+    ----------
+    root : path-like
+        Folder in the IDC or plain layout (see module docstring).
+    output : path-like
+        HDF5 file to write (atomically).
+    window : int
+        Output window side; patches are resized to it.
+
+    Returns
+    -------
+    dict
+        Summary: ``layout``, ``patches``, ``slides``, ``tumor``, ``normal``, ``output``.
+    """
+    from tqdm import tqdm
+
+    if not isinstance(window, int) or window < 8:
+        raise WsiheatError(f"--window {window}: need an integer >= 8")
+    root, output = Path(root), Path(output)
+    layout, items = scan_patch_tree(root)
+    side = IDC_SIDE if layout == "idc" else None
+    images = np.empty((len(items), 1, window, window, 3), np.uint8)
+    sides = np.empty(len(items), np.int32)
+
+    def load(i):
+        it = items[i]
+        import cv2
+
+        img = cv2.imread(str(it["path"]), cv2.IMREAD_UNCHANGED)
+        sides[i] = max(img.shape[:2]) if img is not None else 0
+        images[i, 0] = _load_patch(it["path"], window, side)
+
+    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
+        list(tqdm(pool.map(load, range(len(items))), total=len(items), desc="import",
+                  unit="patch", disable=not progress))
+    nominal = side or int(np.median(sides))
+    slides = sorted({it["slide"] for it in items})
+    sid = {s: i for i, s in enumerate(slides)}
+    labels = np.array([it["label"] for it in items], np.uint8)
+    slide_ids = np.array([sid[it["slide"]] for it in items], np.int32)
+    half = nominal // 2
+    centers = np.array([[it["x"] + half, it["y"] + half] if it["x"] >= 0 else [-1, -1]
+                        for it in items], np.int64)
+    params = {"command": "import", "root": str(root), "layout": layout, "window": window,
+              "patch_side": nominal}
+    attrs = {"window": window, "center": window, "stride": window,  # the whole patch is labelled
+             "levels": [None], "downsamples": [nominal / window], "tissue_threshold": float("nan"),
+             "wsiheat_version": __version__, "params": params}
+    with atomic_path(output, suffix=".h5") as tmp:
+        with ShardWriter(tmp, attrs) as writer:
+            for s in slides:
+                rows = np.flatnonzero(slide_ids == sid[s])
+                info = {"name": s, "path": str(root / s) if layout == "idc" else str(root),
+                        "source": f"imported patches ({layout} layout)", "dimensions": None,
+                        "mpp": None, "levels": [None],
+                        "windows": {"normal": int((labels[rows] == 0).sum()),
+                                    "tumor": int((labels[rows] == 1).sum())}}
+                k = writer.add_slide(s, info)
+                writer.append(images[rows], labels[rows], centers[rows], k)
+    return {"layout": layout, "patches": len(items), "slides": len(slides),
+            "tumor": int(labels.sum()), "normal": int((labels == 0).sum()), "output": str(output)}
