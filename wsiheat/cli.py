@@ -244,11 +244,34 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
               help="HDF5 patches file to write.")
 @click.option("--window", default=80, show_default=True, type=int,
               help="Window side in pixels; patches are resized to it.")
-def import_cmd(folder: str, output: str, window: int) -> None:
-    """Import labeled patch folders (Kaggle IDC PATIENT/CLASS/*.png or CLASS/*.png) into HDF5."""
+@click.option("--source-mpp", type=float, default=None,
+              help="µm/px of the patches as stored [default: 4.0 for the IDC layout, else unknown].")
+@click.option("--split", default=None,
+              help="Import only the patients of this split (IDC layout), e.g. train or test.")
+@click.option("--split-fractions", default="train=0.8,test=0.2", show_default=True,
+              help="Patient split, NAME=FRACTION,... summing to 1 (the same as `wsiheat mosaic`).")
+@click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the patient split.")
+def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, split: str | None,
+               split_fractions: str, split_seed: int) -> None:
+    """Import labeled patch folders (Kaggle IDC PATIENT/CLASS/*.png or CLASS/*.png) into HDF5.
+
+    \b
+    With --split, only one patient split is imported; `wsiheat mosaic` uses the
+    same split (same fractions and seed), so held-out patients stay held out:
+      wsiheat import idc/ -o idc_train.h5 --split train
+      wsiheat import idc/ -o idc_test.h5 --split test
+    """
     from .importing import import_patches
 
-    s = import_patches(folder, output, window=window)
+    slides = None
+    if split is not None:
+        from .mosaic import parse_fractions, split_patients
+
+        splits = split_patients(folder, parse_fractions(split_fractions), split_seed)
+        if split not in splits:
+            raise WsiheatError(f"--split {split}: not one of {', '.join(splits)}")
+        slides = splits[split]
+    s = import_patches(folder, output, window=window, slides=slides, source_mpp=source_mpp)
     click.echo(f"{s['output']}: {s['patches']} patches ({s['tumor']} tumor, {s['normal']} normal) "
                f"from {s['slides']} slide(s), {s['layout']} layout")
 

@@ -52,6 +52,9 @@ class PatchFile:
         Rows per HDF5 chunk of ``images`` (reads are aligned to it).
     row_bytes : int
         Bytes per image row (T*W*W*3).
+    tower_mpps : list of float or None
+        µm/px of each tower when all slides know theirs (see
+        :meth:`wsiheat.store.PatchFile.tower_mpps`).
     """
 
     path: Path
@@ -64,6 +67,7 @@ class PatchFile:
     attrs: dict = field(default_factory=dict)
     chunk_rows: int = 64
     row_bytes: int = 0
+    tower_mpps: list | None = None
 
     @property
     def levels(self) -> list:
@@ -119,7 +123,7 @@ def open_patch_file(path: str | os.PathLike) -> PatchFile:
         return PatchFile(path=path, n=sf.n, towers=sf.towers, window=sf.window, labels=labels,
                          slide_ids=np.asarray(sf.slide_ids, dtype=np.int32), slides=list(sf.slides),
                          attrs=attrs, chunk_rows=max(1, sf.chunk_rows),
-                         row_bytes=sf.towers * sf.window * sf.window * 3)
+                         row_bytes=sf.towers * sf.window * sf.window * 3, tower_mpps=sf.tower_mpps())
 
 
 # --------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ CLASS_NAMES = {"0": 0, "1": 1, "normal": 0, "negative": 0, "tumor": 1, "tumour":
 IDC_NAME = re.compile(r"^(?P<patient>.+?)_idx\d+_x(?P<x>-?\d+)_y(?P<y>-?\d+)_class(?P<c>\d+)$")
 CLASS_IN_NAME = re.compile(r"_class(?P<c>\d+)$")
 IDC_SIDE = 50
+#: Approximate µm/px of the IDC patches (40x scans at about 0.25 µm/px, downsampled 16x to ~2.5x).
+IDC_MPP = 4.0
 
 
 def _is_image(p: Path) -> bool:
@@ -118,7 +120,8 @@ def _load_patch(path: Path, window: int, side: int | None) -> np.ndarray:
 
 
 def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: int = 80,
-                   workers: int | None = None, progress: bool = True) -> dict:
+                   workers: int | None = None, progress: bool = True, *,
+                   slides: list[str] | None = None, source_mpp: float | None = None) -> dict:
     """Import a folder tree of labeled patches into an HDF5 patches file.
 
     Parameters
@@ -129,6 +132,14 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
         HDF5 file to write (atomically).
     window : int
         Output window side; patches are resized to it.
+    slides : list of str, optional
+        Import only these slides (IDC: patients), e.g. one split of
+        :func:`wsiheat.mosaic.split_patients`.
+    source_mpp : float, optional
+        µm/px of the patches as stored (default :data:`IDC_MPP` for the IDC
+        layout, unknown for the plain one). Recorded per slide, so a model
+        trained on the file knows the physical resolution of its tower and
+        ``heatmap`` reads other slides at the same scale.
 
     Returns
     -------
@@ -141,6 +152,17 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
         raise WsiheatError(f"--window {window}: need an integer >= 8")
     root, output = Path(root), Path(output)
     layout, items = scan_patch_tree(root)
+    if slides is not None:
+        wanted = set(slides)
+        unknown = sorted(wanted - {it["slide"] for it in items})
+        if unknown:
+            raise WsiheatError(f"{root}: no patches of slide(s) {', '.join(unknown[:5])}"
+                               f"{' ...' if len(unknown) > 5 else ''}")
+        items = [it for it in items if it["slide"] in wanted]
+    if source_mpp is None and layout == "idc":
+        source_mpp = IDC_MPP
+    if source_mpp is not None and not source_mpp > 0:
+        raise WsiheatError(f"--source-mpp {source_mpp}: need a positive µm/px")
     side = IDC_SIDE if layout == "idc" else None
     images = np.empty((len(items), 1, window, window, 3), np.uint8)
     sides = np.empty(len(items), np.int32)
@@ -165,7 +187,8 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
     centers = np.array([[it["x"] + half, it["y"] + half] if it["x"] >= 0 else [-1, -1]
                         for it in items], np.int64)
     params = {"command": "import", "root": str(root), "layout": layout, "window": window,
-              "patch_side": nominal}
+              "patch_side": nominal, "source_mpp": source_mpp,
+              "slides": sorted(slides) if slides is not None else None}
     attrs = {"window": window, "center": window, "stride": window,  # the whole patch is labelled
              "levels": [None], "downsamples": [nominal / window], "tissue_threshold": float("nan"),
              "wsiheat_version": __version__, "params": params}
@@ -175,7 +198,7 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
                 rows = np.flatnonzero(slide_ids == sid[s])
                 info = {"name": s, "path": str(root / s) if layout == "idc" else str(root),
                         "source": f"imported patches ({layout} layout)", "dimensions": None,
-                        "mpp": None, "levels": [None],
+                        "mpp": source_mpp, "levels": [None], "downsamples": [nominal / window],
                         "windows": {"normal": int((labels[rows] == 0).sum()),
                                     "tumor": int((labels[rows] == 1).sum())}}
                 k = writer.add_slide(s, info)

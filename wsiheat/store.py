@@ -344,6 +344,28 @@ class PatchFile:
         if self.n and (self.slide_ids.min() < 0 or self.slide_ids.max() >= len(self.slides)):
             raise WsiheatError(f"{p}: damaged wsiheat patches file: slide_ids outside 0-{len(self.slides) - 1}")
 
+    def tower_mpps(self, tolerance: float = 0.02) -> list[float] | None:
+        """µm/px of each tower, when every slide's ``slide_info`` knows its µm/px and they agree.
+
+        A slide's tower resolution is its level-0 ``mpp`` times the tower's
+        downsample. Returns None when any slide lacks µm/px or the slides differ
+        by more than ``tolerance`` (relative); the per-tower mean otherwise.
+        """
+        per_slide = []
+        for info in self.slide_info:
+            mpp = info.get("mpp")
+            ds = info.get("downsamples") or self.downsamples
+            if not mpp or len(ds) != self.towers:
+                return None
+            per_slide.append([float(mpp) * float(d) for d in ds])
+        if not per_slide:
+            return None
+        arr = np.asarray(per_slide)
+        mean = arr.mean(axis=0)
+        if np.any(np.abs(arr - mean) > tolerance * mean):
+            return None
+        return [float(m) for m in mean]
+
     # -- reading --------------------------------------------------------------------
     def read(self, start: int, stop: int) -> np.ndarray:
         """Images of rows ``[start, stop)``, uint8 (B, T, W, W, 3)."""

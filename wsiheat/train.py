@@ -422,7 +422,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     meta = {
         "window": pf.window, "center": int(pf.attrs.get("center", pf.window)),
         "stride": int(pf.attrs.get("stride", pf.window)), "levels": levels,
-        "downsamples": pf.downsamples, "towers": pf.towers,
+        "downsamples": pf.downsamples, "towers": pf.towers, "mpps": pf.tower_mpps,
         "class_names": ["normal", "tumor"],
         "preprocessing": "uint8 RGB (B, T, W, W, 3) in; x / 127.5 - 1 inside the model",
         "training_data": {"file": str(patches.resolve()), "fingerprint": fingerprint,
