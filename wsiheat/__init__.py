@@ -14,5 +14,6 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# Quieten TensorFlow's C++ start-up chatter (users can override).
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Quieten TensorFlow's C++ log lines (oneDNN/CUDA notes); Python exceptions
+# are unaffected. Users can override by setting the variable themselves.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -8,8 +8,8 @@
 2. **train** a two-tower InceptionV3 from ImageNet weights (when they are
    cached; otherwise it says so and falls back to random initialisation)
    into ``model.keras``;
-3. **heatmap** every test mosaic and the real slide(s) in ``data/slides``
-   into ``heatmaps/``;
+3. **heatmap** every test mosaic into ``heatmaps/`` and the real slide(s)
+   in ``data/slides`` into ``heatmaps_real/``;
 4. **evaluate** patch AUC, slide AUC and the CAMELYON16 lesion FROC into
    ``reports/``.
 
@@ -22,6 +22,7 @@ import csv
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     weights_used, why = _choose_weights(weights, quick)
     click.echo(f"   weights: {weights_used}{' (' + why + ')' if why else ''}")
     cfg = TrainConfig(
-        epochs=epochs or (1 if quick else 4),
+        epochs=epochs or (1 if quick else 3),
         steps_per_epoch=steps_per_epoch or (3 if quick else 40),
         batch_size=16 if quick else 32,
         weights=weights_used if weights_used != "tiny" else "none",
@@ -132,46 +133,49 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
         trainable_from=None if weights_used in ("none", "tiny") else "mixed5",
         seed=seed, val_fraction=0.2)
     model_path = out / "model.keras"
-    tr = train(out / "patches.h5", model_path, cfg, val=out / "test_patches.h5", progress=False)
+    # validation: a by-slide split of the training mosaics; the test mosaics stay unseen
+    tr = train(out / "patches.h5", model_path, cfg, progress=False)
     summary["train"] = {k: tr[k] for k in ("epochs", "best_epoch", "val_metrics") if k in tr}
     summary["weights"] = weights_used + (f" ({why})" if why else "")
     _done(t0, f"model -> {model_path}")
 
     # 3. heatmap ---------------------------------------------------------------
     t0 = _step("3/4 heatmap: tissue-only inference")
-    hm_dir = out / "heatmaps"
+    hm_dir, real_dir = out / "heatmaps", out / "heatmaps_real"
     hm_dir.mkdir(exist_ok=True)
+    real_dir.mkdir(exist_ok=True)
     model, meta = load_model(model_path)
-    scores = {}
-    for path in [s.slide for s in test_slides] + real_slides:
-        res = infer.heatmap_slide(path, model, meta, hm_dir, model_path=str(model_path))
-        scores[path.stem] = res["score"]
+    jobs = [(s.slide, hm_dir) for s in test_slides] + [(p, real_dir) for p in real_slides]
+    for path, folder in jobs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", infer.HeatmapWarning)  # reported from res["warnings"]
+            res = infer.heatmap_slide(path, model, meta, folder, model_path=str(model_path))
+        for w in res["warnings"]:
+            click.echo(f"   note: {w}")
         click.echo(f"   {path.name}: score {res['score']:.3f}, {res['cells_evaluated']} cells, "
                    f"{res['patches_per_second']:.0f} patches/s")
-    _done(t0, f"heatmaps -> {hm_dir}")
+    _done(t0, f"heatmaps -> {hm_dir} (test mosaics), {real_dir} (real slides)")
 
     # 4. evaluate --------------------------------------------------------------
     t0 = _step("4/4 evaluate: patch AUC, slide AUC, lesion FROC")
     rep = out / "reports"
-    # only the test mosaics have reference labels: evaluate on their results
-    test_results = out / "heatmaps_test"
-    test_results.mkdir(exist_ok=True)
-    for s in test_slides:
-        for f in hm_dir.glob(f"{s.slide.stem}*"):
-            if f.name in (f"{s.slide.stem}.json", f"{s.slide.stem}_lesions.csv"):
-                (test_results / f.name).write_bytes(f.read_bytes())
     masks = [s.mask for s in test_slides if s.mask is not None]
     pr = evaluate.evaluate_patches(model_path, out / "test_patches.h5", rep / "patches", progress=False)
-    sr = evaluate.evaluate_slides(test_results, rep / "slides", ground_truth=masks)
-    fr = evaluate.evaluate_froc(test_results, masks, rep / "froc", mpp=_mosaic_mpp(test_slides),
+    sr = evaluate.evaluate_slides(hm_dir, rep / "slides", ground_truth=masks)
+    fr = evaluate.evaluate_froc(hm_dir, masks, rep / "froc", mpp=_mosaic_mpp(test_slides),
                                 level=2, allow_empty=True, progress=False)
     summary["patch_auc"] = pr.get("auc")
+    summary["patch_balanced_accuracy"] = pr.get("at_0.5", {}).get("balanced_accuracy")
     summary["slide_auc"] = sr.get("auc")
-    summary["froc"] = fr.get("froc")
+    summary["froc"] = fr.get("froc_score")
+    summary["overlays"] = sorted(str(p) for d in (hm_dir, real_dir) for p in d.glob("*_overlay.png"))
+    summary["reports"] = str(rep)
     _done(t0, f"reports -> {rep}")
     summary["seconds"] = round(time.time() - t_start, 1)
-    with open(out / "demo_summary.json", "w") as fh:
-        json.dump(summary, fh, indent=2, default=str)
+    from .fileio import atomic_path
+
+    with atomic_path(out / "demo_summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
