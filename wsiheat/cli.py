@@ -639,11 +639,14 @@ def evaluate_slides_cmd(results: str, reference: str | None, ground_truth: tuple
               help="CSV 'slide,label': slides labeled normal need no ground-truth file.")
 @click.option("--mpp", default=0.243, show_default=True, type=float,
               help="Level-0 pixel size in µm (CAMELYON16: 0.243); margins and ITC size scale with it.")
+@click.option("--level", default=5, show_default=True, type=click.IntRange(0, 10),
+              help="Evaluation-mask level (downsample 2**level). CAMELYON16: 5; use a finer one for small "
+                   "or low-magnification slides (e.g. 2 for the 2.5 µm/px mosaics).")
 @click.option("--allow-empty", is_flag=True, help="Count an empty detection file as a slide without detections.")
 @click.option("--out-dir", "-o", default="evaluation", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (created if missing).")
 def evaluate_froc_cmd(results: str, ground_truth: tuple[str, ...], reference: str | None, mpp: float,
-                      allow_empty: bool, out_dir: str) -> None:
+                      level: int, allow_empty: bool, out_dir: str) -> None:
     """Lesion-level FROC exactly as CAMELYON16's Evaluation_FROC.py.
 
     RESULTS is a folder of detection CSVs (NAME_lesions.csv from heatmap, or
@@ -652,7 +655,7 @@ def evaluate_froc_cmd(results: str, ground_truth: tuple[str, ...], reference: st
     """
     from .evaluate import evaluate_froc
 
-    rep = evaluate_froc(results, list(ground_truth), out_dir, reference=reference, mpp=mpp,
+    rep = evaluate_froc(results, list(ground_truth), out_dir, reference=reference, mpp=mpp, level=level,
                         allow_empty=allow_empty)
     sens = "  ".join(f"{k}:{v:.3f}" for k, v in rep["sensitivity_at"].items())
     click.echo(f"FROC: {rep['n_slides']} slides ({rep['n_tumor_slides']} with tumor), {rep['n_lesions']} lesions "
