@@ -28,10 +28,6 @@ import numpy as np
 
 from .errors import WsiheatError
 
-FORMAT = "wsiheat-patches"
-SCHEMA_VERSION = 1
-REQUIRED_DATASETS = ("images", "labels", "slide_ids", "slides")
-
 
 @dataclass
 class PatchFile:

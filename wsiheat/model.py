@@ -20,10 +20,14 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import WsiheatError
 from .fileio import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
 
 METADATA_MEMBER = "wsiheat.json"
 REQUIRED_METADATA = ("window", "center", "stride", "downsamples", "towers")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .dataset import (AugmentConfig, PatchFile, class_weights, make_dataset, open_patch_file,
+from .dataset import (AugmentConfig, class_weights, make_dataset, open_patch_file,
                       split_by_slide, steps_for)
 from .errors import WsiheatError
 from .fileio import atomic_path, check_writable_dir
