@@ -9,6 +9,7 @@ Saved-model contract (read by ``heatmap`` and ``evaluate``):
   ``(B, 1)`` float tumor probabilities; preprocessing is inside the model.
 * metadata keys: ``window``, ``center``, ``stride``, ``levels`` (per tower,
   may hold nulls), ``downsamples`` (per tower, relative to level 0),
+  ``mpps`` (per-tower µm/px when the training slides knew theirs, else null),
   ``towers``, ``preprocessing``, ``class_names``, ``training_data``
   (fingerprint), ``wsiheat_version``, plus free-form training details.
 """
