@@ -570,6 +570,18 @@ def test_cli_slides(tmp_path, capsys):
     top = table[1].split(",")
     assert top[0] == "1" and top[1] == names[int(np.argmax(scores))]
     assert Image.open(out / "slide_roc.png").size[0] > 100
+    # --score topk_mean ranks by the top-k mean field instead of the maximum
+    topk = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0, 1)
+    for n, s, t in zip(names, scores, topk):
+        (res / f"{n}.json").write_text(json.dumps({"slide": n, "score": float(s), "topk_mean": float(t),
+                                                   "dimensions": [640, 640]}))
+    code, _, err = run_cli(["evaluate", "slides", str(res), "-r", str(ref), "-o", str(tmp_path / "evk"),
+                            "--score", "topk_mean"], capsys)
+    assert code == 0, err
+    repk = json.loads((tmp_path / "evk" / "slide_report.json").read_text())
+    assert repk["score_field"] == "topk_mean"
+    assert repk["auc"] == pytest.approx(brute_force_auc(labels, topk))
+    assert repk["auc"] != pytest.approx(rep["auc"])
     # ground truth as reference: tumor when any tumor; here three slides
     gt = tmp_path / "gt"
     gt.mkdir()

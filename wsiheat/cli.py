@@ -614,8 +614,11 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Bootstrap resamples for the 95% interval.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
+@click.option("--score", "score_field", default="score", show_default=True,
+              type=click.Choice(["score", "topk_mean"]),
+              help="Slide score to rank by: 'score' = maximum probability, 'topk_mean' = mean of the top-k cells.")
 def evaluate_slides_cmd(results: str, reference: str | None, ground_truth: tuple[str, ...], out_dir: str,
-                        n_boot: int, seed: int) -> None:
+                        n_boot: int, seed: int, score_field: str) -> None:
     """Slide-level ROC AUC (bootstrap 95% CI) from heatmap results.
 
     RESULTS is the heatmap output folder (NAME.json with 'score') or a CSV
@@ -624,9 +627,9 @@ def evaluate_slides_cmd(results: str, reference: str | None, ground_truth: tuple
     from .evaluate import evaluate_slides
 
     rep = evaluate_slides(results, out_dir, reference=reference, ground_truth=list(ground_truth) or None,
-                          n_boot=n_boot, seed=seed)
+                          n_boot=n_boot, seed=seed, score=score_field)
     ci = rep["auc_ci"]
-    click.echo(f"slides: {rep['n']} ({rep['n_tumor']} tumor)  AUC {rep['auc']:.4f}  "
+    click.echo(f"slides: {rep['n']} ({rep['n_tumor']} tumor), score {score_field}  AUC {rep['auc']:.4f}  "
                f"95% CI [{ci['low']:.4f}, {ci['high']:.4f}]")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 

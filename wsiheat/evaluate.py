@@ -502,20 +502,29 @@ def read_reference_csv(path: str | os.PathLike) -> dict[str, int]:
     return labels
 
 
-def read_slide_scores(results: str | os.PathLike) -> dict[str, float]:
+#: Slide scores a heatmap JSON offers: the maximum probability (the design's), the top-k mean.
+SLIDE_SCORES = ("score", "topk_mean")
+
+
+def read_slide_scores(results: str | os.PathLike, score: str = "score") -> dict[str, float]:
     """Slide scores from a heatmap results folder or a ``slide,score`` CSV.
 
     In a folder, every ``*.json`` holding ``slide`` and ``score`` keys (the
     heatmap's per-slide JSON) is read; other JSON files are ignored.
+    ``score`` names the JSON field used (:data:`SLIDE_SCORES`: ``score`` =
+    maximum probability, ``topk_mean`` = mean of the k most probable cells).
     """
+    if score not in SLIDE_SCORES:
+        raise WsiheatError(f"slide score {score!r}: choose one of {', '.join(SLIDE_SCORES)}")
     results = Path(results)
     scores: dict[str, float] = {}
     if not results.exists():
         raise WsiheatError(f"{results}: no such file or folder")
     if results.is_dir():
         for meta in _read_result_jsons(results).values():
-            name, score = meta["slide"], meta["score"]
-            scores[name] = _check_prob(score, f"{meta['_path']}: score")
+            if score not in meta:
+                raise WsiheatError(f"{meta['_path']}: no {score!r} field (written by wsiheat heatmap)")
+            scores[meta["slide"]] = _check_prob(meta[score], f"{meta['_path']}: {score}")
         if not scores:
             raise WsiheatError(f"{results}: no heatmap result JSON (with 'slide' and 'score') in this folder")
         return scores
@@ -570,7 +579,7 @@ def slide_report(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, n
 def evaluate_slides(results: str | os.PathLike, out_dir: str | os.PathLike,
                     reference: str | os.PathLike | None = None,
                     ground_truth: Sequence[str | os.PathLike] | None = None,
-                    n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                    n_boot: int = 1000, seed: int = 0, score: str = "score") -> dict[str, Any]:
     """``wsiheat evaluate slides``: slide-level AUC from heatmap results.
 
     Parameters
@@ -585,11 +594,14 @@ def evaluate_slides(results: str | os.PathLike, out_dir: str | os.PathLike,
         Ground-truth files or folders (``NAME.xml``, ``NAME.json``,
         ``NAME_Mask.tif``, ...); tumor when the ground truth marks any tumor.
         Exactly one of ``reference`` and ``ground_truth``.
+    score : {"score", "topk_mean"}
+        Which slide score of the heatmap JSON to rank by (default: the
+        maximum probability).
     """
     if (reference is None) == (not ground_truth):
         raise WsiheatError("evaluate slides: give either a reference CSV or ground truth (exactly one)")
     results = Path(results)
-    scores = read_slide_scores(results)
+    scores = read_slide_scores(results, score)
     if reference is not None:
         ref = read_reference_csv(reference)
         _match_names(scores.keys(), ref.keys(), str(results), str(reference))
@@ -606,6 +618,7 @@ def evaluate_slides(results: str | os.PathLike, out_dir: str | os.PathLike,
     names = sorted(scores)
     rep = slide_report(names, np.array([ref[n] for n in names]), np.array([scores[n] for n in names]),
                        n_boot=n_boot, seed=seed)
+    rep["score_field"] = score
     out = _prepare_out_dir(out_dir)
     files = {"report": "slide_report.json", "roc": "slide_roc.png", "table": "slide_table.csv"}
     rep["files"] = files
