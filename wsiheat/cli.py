@@ -802,35 +802,13 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
 TF_COMMANDS = {"train", "heatmap", "evaluate", "weights", "demo"}
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probes, oneDNN notes) hidden.
-
-    TensorFlow writes those lines straight to file descriptor 2 before its own
-    logging is set up, so environment variables cannot silence them; stderr
-    is pointed at /dev/null for the import only. Import errors still surface.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    import os
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-        tensorflow.constant(0)  # device discovery happens on first use
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn user errors into one line."""
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a in TF_COMMANDS for a in args[:1]) and not any(a in ("-h", "--help") for a in args):
-        _import_tensorflow_quietly()
+        from .model import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         rv = cli.main(args=args, prog_name="wsiheat", standalone_mode=False)
     except WsiheatError as exc:

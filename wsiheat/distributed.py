@@ -580,8 +580,9 @@ def cached_model(path: str | os.PathLike):
         raise WsiheatError(f"{path}: no such model file") from None
     with _MODELS_LOCK:
         if key not in _MODELS:
-            from .model import load_model
+            from .model import import_tensorflow_quietly, load_model
 
+            import_tensorflow_quietly()
             global _LOADS
             for k in [k for k in _MODELS if k[0] == key[0]]:  # an older version of the file
                 del _MODELS[k]

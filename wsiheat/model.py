@@ -34,6 +34,32 @@ METADATA_MEMBER = "wsiheat.json"
 REQUIRED_METADATA = ("window", "center", "stride", "downsamples", "towers")
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probes, oneDNN notes) hidden.
+
+    TensorFlow writes those lines straight to file descriptor 2 before its own
+    logging is set up, so environment variables cannot silence them; stderr
+    is pointed at /dev/null for the import only. Import errors still surface.
+    Used by the CLI and by Dask worker processes before they load a model.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+
+        tensorflow.constant(0)  # device discovery happens on first use
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def save_model(model, path: str | os.PathLike, metadata: dict) -> Path:
     """Save a Keras model with wsiheat metadata into one ``.keras`` file, atomically.
 
