@@ -511,11 +511,15 @@ def write_heatmap_png(path: Path, prob: np.ndarray, tissue: np.ndarray, title: s
     w_in, h_in = cols * scale / dpi, rows * scale / dpi
     fig = Figure(figsize=(w_in + 1.6, h_in + 0.8), dpi=dpi)
     ax = fig.add_axes((0.2 / (w_in + 1.6), 0.3 / (h_in + 0.8), w_in / (w_in + 1.6), h_in / (h_in + 0.8)))
-    img = np.where(tissue, np.nan_to_num(prob), 0.0)
-    im = ax.imshow(img, cmap=COLORMAP, vmin=0, vmax=1, interpolation="nearest")
+    from matplotlib import colormaps
+
+    # background (not evaluated) in light grey, so it differs from tissue at probability 0
+    img = np.ma.masked_array(np.nan_to_num(prob), mask=~np.asarray(tissue, bool))
+    cmap = colormaps[COLORMAP].with_extremes(bad=(0.85, 0.85, 0.85))
+    im = ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(f"{title}   (grey: no tissue, not evaluated)", fontsize=8)
     cax = fig.add_axes(((w_in + 0.35) / (w_in + 1.6), 0.3 / (h_in + 0.8), 0.15 / (w_in + 1.6),
                         h_in / (h_in + 0.8)))
     cb = fig.colorbar(im, cax=cax)
