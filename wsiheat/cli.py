@@ -343,6 +343,9 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
                       memory_budget=None if memory_budget is None else int(memory_budget * 2**30))
     s = train(patches, output, cfg, val=val, resume=resume)
     m = s["val_metrics"]
+    if s.get("chief") is False:  # a non-chief multi-worker task: the chief writes the outputs
+        click.echo(f"{s['task']}: {s['epochs']} epoch(s) done; the chief writes {s['output']}")
+        return
     click.echo(f"{s['output']}: {s['epochs']} epoch(s), best epoch {s['best_epoch']}, "
                f"{s['train_rows']} train / {s['val_rows']} val rows; validation "
                + ", ".join(f"{k} {m[k]:.4f}" for k in ("loss", "auc", "balanced_accuracy",
@@ -813,7 +816,18 @@ def _import_tensorflow_quietly() -> None:
     try:
         os.dup2(devnull, 2)
         import tensorflow  # noqa: F401
-        tensorflow.constant(0)  # device discovery happens on first use
+
+        from .distributed import multiworker_strategy, tf_config_workers
+        from .errors import WsiheatError
+
+        try:
+            multi = tf_config_workers() > 1
+        except WsiheatError:
+            multi = False  # reported by the command itself
+        if multi:  # must exist before TensorFlow runs anything (collectives at start-up)
+            multiworker_strategy()
+        else:
+            tensorflow.constant(0)  # device discovery happens on first use
     finally:
         os.dup2(saved, 2)
         os.close(saved)
