@@ -799,7 +799,7 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
 TF_COMMANDS = {"train", "heatmap", "evaluate", "weights", "demo"}
 
 
-def _import_tensorflow_quietly() -> None:
+def _import_tensorflow_quietly(command: str | None = None) -> None:
     """Import TensorFlow with its C++ start-up chatter (CUDA probes, oneDNN notes) hidden.
 
     TensorFlow writes those lines straight to file descriptor 2 before its own
@@ -817,16 +817,17 @@ def _import_tensorflow_quietly() -> None:
         os.dup2(devnull, 2)
         import tensorflow  # noqa: F401
 
-        from .distributed import multiworker_strategy, tf_config_workers
+        from .distributed import tf_config_workers
         from .errors import WsiheatError
 
         try:
-            multi = tf_config_workers() > 1
+            multi = command == "train" and tf_config_workers() > 0
         except WsiheatError:
             multi = False  # reported by the command itself
-        if multi:  # must exist before TensorFlow runs anything (collectives at start-up)
-            multiworker_strategy()
-        else:
+        # train with TF_CONFIG: TensorFlow must not run anything before the multi-worker
+        # strategy exists (collectives are configured at start-up); train() creates it
+        # after checking its inputs (the strategy waits for all workers)
+        if not multi:
             tensorflow.constant(0)  # device discovery happens on first use
     finally:
         os.dup2(saved, 2)
@@ -837,9 +838,9 @@ def _import_tensorflow_quietly() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn user errors into one line."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if any(a in TF_COMMANDS for a in args[:1]) and not any(a in ("-h", "--help") for a in args):
-        _import_tensorflow_quietly()
     try:
+        if any(a in TF_COMMANDS for a in args[:1]) and not any(a in ("-h", "--help") for a in args):
+            _import_tensorflow_quietly(args[0])
         rv = cli.main(args=args, prog_name="wsiheat", standalone_mode=False)
     except WsiheatError as exc:
         click.echo(f"wsiheat: error: {exc}", err=True)

@@ -687,6 +687,10 @@ def multiworker_strategy():
                 raise
             raise WsiheatError("TF_CONFIG: the multi-worker strategy must be created before "
                                "TensorFlow runs anything; train in a fresh process") from None
+        except (ValueError, KeyError, tf.errors.OpError) as e:  # bad task index, busy port, ...
+            msg = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0]
+            raise WsiheatError(f"TF_CONFIG: cannot start the multi-worker strategy: {msg} (this "
+                               "task's host:port must be this machine and free)") from None
     return _MW_STRATEGY
 
 

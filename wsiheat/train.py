@@ -23,6 +23,7 @@ validation metrics, wsiheat version).
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import math
@@ -340,6 +341,8 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     # a non-chief worker writes everything into a scratch folder that is deleted at the end
     # (TensorFlow's multi-worker recipe: all workers run the same saving code)
     scratch = None if chief else Path(tempfile.mkdtemp(prefix="wsiheat-worker-"))
+    if scratch is not None:  # removed at the end, or at exit after an error
+        atexit.register(shutil.rmtree, scratch, True)
     base = output if chief else scratch / output.name
     ckpt = base.with_name(output.stem + ".ckpt")
     history_path = base.with_name(output.stem + ".history.csv")
