@@ -343,6 +343,9 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
                       memory_budget=None if memory_budget is None else int(memory_budget * 2**30))
     s = train(patches, output, cfg, val=val, resume=resume)
     m = s["val_metrics"]
+    if s.get("chief") is False:  # a non-chief multi-worker task: the chief writes the outputs
+        click.echo(f"{s['task']}: {s['epochs']} epoch(s) done; the chief writes {s['output']}")
+        return
     click.echo(f"{s['output']}: {s['epochs']} epoch(s), best epoch {s['best_epoch']}, "
                f"{s['train_rows']} train / {s['val_rows']} val rows; validation "
                + ", ".join(f"{k} {m[k]:.4f}" for k in ("loss", "auc", "balanced_accuracy",
@@ -802,14 +805,29 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
 TF_COMMANDS = {"train", "heatmap", "evaluate", "weights", "demo"}
 
 
+def _import_tensorflow_for(command: str) -> None:
+    """Import TensorFlow quietly before a TF command runs.
+
+    ``train`` with a multi-worker TF_CONFIG must not run any TensorFlow op
+    before its MultiWorkerMirroredStrategy exists (collectives are configured
+    at start-up); ``train`` creates the strategy itself after checking inputs.
+    """
+    from .distributed import tf_config_workers
+    from .model import import_tensorflow_quietly
+
+    try:
+        multi = command == "train" and tf_config_workers() > 0
+    except WsiheatError:
+        multi = False  # reported by the command itself
+    import_tensorflow_quietly(run_op=not multi)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn user errors into one line."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if any(a in TF_COMMANDS for a in args[:1]) and not any(a in ("-h", "--help") for a in args):
-        from .model import import_tensorflow_quietly
-
-        import_tensorflow_quietly()
     try:
+        if any(a in TF_COMMANDS for a in args[:1]) and not any(a in ("-h", "--help") for a in args):
+            _import_tensorflow_for(args[0])
         rv = cli.main(args=args, prog_name="wsiheat", standalone_mode=False)
     except WsiheatError as exc:
         click.echo(f"wsiheat: error: {exc}", err=True)

@@ -34,13 +34,15 @@ METADATA_MEMBER = "wsiheat.json"
 REQUIRED_METADATA = ("window", "center", "stride", "downsamples", "towers")
 
 
-def import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly(run_op: bool = True) -> None:
     """Import TensorFlow with its C++ start-up chatter (CUDA probes, oneDNN notes) hidden.
 
     TensorFlow writes those lines straight to file descriptor 2 before its own
     logging is set up, so environment variables cannot silence them; stderr
     is pointed at /dev/null for the import only. Import errors still surface.
     Used by the CLI and by Dask worker processes before they load a model.
+    ``run_op=False`` skips the first op (device discovery), which a process
+    about to create a MultiWorkerMirroredStrategy must not run yet.
     """
     import sys
 
@@ -53,7 +55,8 @@ def import_tensorflow_quietly() -> None:
         os.dup2(devnull, 2)
         import tensorflow
 
-        tensorflow.constant(0)  # device discovery happens on first use
+        if run_op:
+            tensorflow.constant(0)  # device discovery happens on first use
     finally:
         os.dup2(saved, 2)
         os.close(saved)

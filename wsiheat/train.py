@@ -23,12 +23,14 @@ validation metrics, wsiheat version).
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .dataset import (AugmentConfig, class_weights, make_dataset, open_patch_file,
+from .dataset import (AugmentConfig, PatchFile, class_weights, make_dataset, open_patch_file,
                       split_by_slide, steps_for)
 from .errors import WsiheatError
 from .fileio import atomic_path, check_writable_dir
@@ -152,7 +154,9 @@ def _strategy():
 
     gpus = tf.config.list_physical_devices("GPU")
     if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy(), bool(gpus)
+        from .distributed import multiworker_strategy
+
+        return multiworker_strategy(), bool(gpus)
     if gpus:
         for g in gpus:
             try:
@@ -305,7 +309,15 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     patches, output = Path(patches), Path(output)
     if output.suffix != ".keras":
         raise WsiheatError(f"{output}: the model file must end in .keras")
-    check_writable_dir(output)
+    from .distributed import tf_config_is_chief, tf_config_task, tf_config_workers
+
+    multi = tf_config_workers() > 1
+    chief = not multi or tf_config_is_chief()
+    if multi and resume:
+        raise WsiheatError(f"{output}: --resume is not supported with a multi-worker TF_CONFIG; "
+                           "start the training again without --resume")
+    if chief:
+        check_writable_dir(output)
     pf = open_patch_file(patches)
     if len(np.unique(pf.labels)) < 2:
         raise WsiheatError(f"{patches}: only one class (all labels {int(pf.labels[0])}); training "
@@ -326,9 +338,15 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     pretrained = config.weights != "none"
     lr = config.lr if config.lr is not None else (1e-4 if pretrained else 1e-3)
 
-    ckpt = output.with_name(output.stem + ".ckpt")
-    history_path = output.with_name(output.stem + ".history.csv")
-    plot_path = output.with_name(output.stem + ".history.png")
+    # a non-chief worker writes everything into a scratch folder that is deleted at the end
+    # (TensorFlow's multi-worker recipe: all workers run the same saving code)
+    scratch = None if chief else Path(tempfile.mkdtemp(prefix="wsiheat-worker-"))
+    if scratch is not None:  # removed at the end, or at exit after an error
+        atexit.register(shutil.rmtree, scratch, True)
+    base = output if chief else scratch / output.name
+    ckpt = base.with_name(output.stem + ".ckpt")
+    history_path = base.with_name(output.stem + ".history.csv")
+    plot_path = base.with_name(output.stem + ".history.png")
     fingerprint = pf.fingerprint()
     state = {"epoch": 0, "stage": 0, "best_val_loss": math.inf, "best_epoch": None, "wait": 0,
              "fingerprint": fingerprint, "val_fingerprint": vf.fingerprint()}
@@ -354,9 +372,9 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     # datasets (global batch; the strategy splits it over replicas)
     n_train = len(train_rows)
     steps = config.steps_per_epoch or steps_for(n_train, config.batch_size)
-    train_ds = make_dataset(pf, train_rows, config.batch_size, training=True,
-                            augment=config.augment, balance=config.balance, seed=config.seed,
-                            memory_budget=config.memory_budget)
+    train_ds = None if multi else make_dataset(  # multi-worker: one pipeline per worker, below
+        pf, train_rows, config.batch_size, training=True, augment=config.augment,
+        balance=config.balance, seed=config.seed, memory_budget=config.memory_budget)
     val_ds = make_dataset(vf, val_rows, config.batch_size, training=False,
                           memory_budget=config.memory_budget)
     val_steps = steps_for(len(val_rows), config.batch_size)
@@ -369,40 +387,45 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
     model = None
     try:
-        with strategy.scope():
-            for stage, (s0, s1, slr, tfrom) in enumerate(stages):
-                start = int(state["epoch"])
-                if start >= s1:
-                    continue
-                if start > s0:  # resume inside this stage: model + optimizer state
-                    metrics()  # registers the custom metric for loading
-                    model = keras.saving.load_model(ckpt / "last.keras", compile=True)
-                else:
-                    if model is None:
-                        if stage == 0:
-                            model = _build(build_args, config.weights)
-                        else:
-                            model = _build(build_args, "none")
-                    if stage > 0 and (ckpt / "best.weights.h5").exists():
-                        model.load_weights(ckpt / "best.weights.h5")
-                    from .model import set_trainable_from
+        if multi:
+            model, val_metrics = _fit_multiworker(
+                strategy, pf, vf, train_rows, val_rows, config, stages, build_args, mixed, cw,
+                steps, val_ds, ckpt, history_path, state, history, progress)
+        else:
+            with strategy.scope():
+                for stage, (s0, s1, slr, tfrom) in enumerate(stages):
+                    start = int(state["epoch"])
+                    if start >= s1:
+                        continue
+                    if start > s0:  # resume inside this stage: model + optimizer state
+                        metrics()  # registers the custom metric for loading
+                        model = keras.saving.load_model(ckpt / "last.keras", compile=True)
+                    else:
+                        if model is None:
+                            if stage == 0:
+                                model = _build(build_args, config.weights)
+                            else:
+                                model = _build(build_args, "none")
+                        if stage > 0 and (ckpt / "best.weights.h5").exists():
+                            model.load_weights(ckpt / "best.weights.h5")
+                        from .model import set_trainable_from
 
-                    set_trainable_from(model, tfrom)
-                    _compile(model, slr, mixed)
-                    state["wait"] = 0
-                cb = _make_checkpointer(ckpt, history_path, state, history, stage, s0, s1, slr,
-                                        config.lr_decay, config.patience)
-                model.fit(train_ds, epochs=s1, initial_epoch=start, steps_per_epoch=steps,
-                          validation_data=val_ds, validation_steps=val_steps, class_weight=cw,
-                          callbacks=[cb, *(callbacks or [])], shuffle=False, verbose=verbose)
-                state["epoch"] = max(int(state["epoch"]), s1)
-                _write_state(ckpt, state)
-            if model is None:  # everything done before an interruption at the very end
-                metrics()
-                model = keras.saving.load_model(ckpt / "last.keras", compile=True)
-            if (ckpt / "best.weights.h5").exists():
-                model.load_weights(ckpt / "best.weights.h5")
-            val_metrics = model.evaluate(val_ds, steps=val_steps, verbose=0, return_dict=True)
+                        set_trainable_from(model, tfrom)
+                        _compile(model, slr, mixed)
+                        state["wait"] = 0
+                    cb = _make_checkpointer(ckpt, history_path, state, history, stage, s0, s1, slr,
+                                            config.lr_decay, config.patience)
+                    model.fit(train_ds, epochs=s1, initial_epoch=start, steps_per_epoch=steps,
+                              validation_data=val_ds, validation_steps=val_steps, class_weight=cw,
+                              callbacks=[cb, *(callbacks or [])], shuffle=False, verbose=verbose)
+                    state["epoch"] = max(int(state["epoch"]), s1)
+                    _write_state(ckpt, state)
+                if model is None:  # everything done before an interruption at the very end
+                    metrics()
+                    model = keras.saving.load_model(ckpt / "last.keras", compile=True)
+                if (ckpt / "best.weights.h5").exists():
+                    model.load_weights(ckpt / "best.weights.h5")
+                val_metrics = model.evaluate(val_ds, steps=val_steps, verbose=0, return_dict=True)
     except tf.errors.ResourceExhaustedError:
         raise WsiheatError(_oom_message(patches, config)) from None
     except MemoryError:
@@ -439,14 +462,151 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         "augment": asdict(config.augment) if config.augment else None,
         "mixed_precision": mixed, "wsiheat_version": __version__,
     }
-    save_model(final, output, meta)
+    if multi:
+        meta["multi_worker"] = {"workers": tf_config_workers(),
+                                "replicas": int(strategy.num_replicas_in_sync)}
+    save_model(final, base, meta)  # a non-chief worker saves into its scratch folder
     plot_history(history, plot_path)
     shutil.rmtree(ckpt, ignore_errors=True)
-    return {"output": str(output), "history": str(history_path), "plot": str(plot_path),
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary_extra = {}
+    if multi:
+        kind, index = tf_config_task()
+        summary_extra = {"chief": chief, "task": f"{kind}:{index}",
+                         "replicas": int(strategy.num_replicas_in_sync)}
+    return {**summary_extra, "output": str(output), "history": str(history_path), "plot": str(plot_path),
             "train_rows": int(n_train), "val_rows": int(len(val_rows)),
             "val_slides": len(val_slides), "epochs": len(history),
             "best_epoch": state.get("best_epoch"), "val_metrics": val_metrics,
             "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def _numpy_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
+    """Validation metrics as ``model.evaluate`` gives them, from labels and predicted probabilities.
+
+    Loss: mean binary cross-entropy (probabilities clipped to [1e-7, 1 - 1e-7]);
+    AUC: exact (Mann-Whitney); accuracy and sensitivity count a prediction > 0.5
+    as tumor, specificity one >= 0.5 (as the Keras metrics do).
+    """
+    from .evaluate import roc_auc
+
+    y = np.asarray(labels, np.float64).reshape(-1)
+    p = np.clip(np.asarray(scores, np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    pos, neg = y >= 0.5, y < 0.5
+    loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)) if y.size else float("nan")
+    return {"loss": float(loss), "auc": roc_auc(pos, p) if y.size else float("nan"),
+            "accuracy": float(np.mean((p > 0.5) == pos)) if y.size else float("nan"),
+            "sensitivity": float(np.mean(p[pos] > 0.5)) if pos.any() else 0.0,
+            "specificity": float(np.mean(p[neg] < 0.5)) if neg.any() else 0.0}
+
+
+def _predict_all(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and float32 predictions over one pass of a finite ``(x, y)`` dataset (local, no collectives)."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+    ys, ps = [], []
+    for x, y in dataset:
+        ys.append(np.asarray(y).reshape(-1))
+        ps.append(np.asarray(fn(x)).reshape(-1))
+    if not ys:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def _fit_multiworker(strategy, pf: PatchFile, vf: PatchFile, train_rows, val_rows,
+                     config: TrainConfig, stages: list, build_args: dict, mixed: bool,
+                     cw: dict | None, steps: int, val_ds, ckpt: Path, history_path: Path,
+                     state: dict, history: list, progress: bool):
+    """The stages and epochs of :func:`train` under ``MultiWorkerMirroredStrategy``.
+
+    A custom ``strategy.run`` loop (:class:`wsiheat.distributed.StepRunner`)
+    replaces ``Model.fit`` (keras-team/keras#20585). Every worker runs one
+    input pipeline over all training rows with its own seed (different
+    shuffles, sampling and augmentation, so the workers' batches differ) and
+    evaluates the whole validation set locally; the validation loss that
+    drives best weights and early stopping is averaged over the workers so
+    that all take the same decisions. Writes the same history rows, best
+    weights and state as the ``fit`` path (no ``last.keras``: no resume).
+
+    Returns
+    -------
+    (keras.Model, dict)
+        The model with the best weights and its validation metrics.
+    """
+    import keras
+
+    from .distributed import StepRunner, all_reduce_mean, metrics_from_stats
+    from .model import set_trainable_from
+
+    replicas = int(strategy.num_replicas_in_sync)
+    if config.batch_size % replicas:
+        raise WsiheatError(f"--batch-size {config.batch_size}: must be a multiple of the "
+                           f"{replicas} replicas of the multi-worker cluster")
+
+    def dataset_fn(ctx):
+        return make_dataset(pf, train_rows, ctx.get_per_replica_batch_size(config.batch_size),
+                            training=True, augment=config.augment, balance=config.balance,
+                            seed=config.seed + 7919 * ctx.input_pipeline_id,
+                            memory_budget=config.memory_budget)
+
+    bce = keras.losses.BinaryCrossentropy(reduction=None)
+    model = None
+    for stage, (s0, s1, slr, tfrom) in enumerate(stages):
+        with strategy.scope():
+            if model is None:
+                model = _build(build_args, config.weights if stage == 0 else "none")
+            if stage > 0 and (ckpt / "best.weights.h5").exists():
+                model.load_weights(ckpt / "best.weights.h5")
+            set_trainable_from(model, tfrom)
+            opt = keras.optimizers.Adam(learning_rate=slr)
+            if mixed:
+                opt = keras.mixed_precision.LossScaleOptimizer(opt)
+        runner = StepRunner(model, dataset_fn, strategy, optimizer=opt, loss_fn=bce,
+                            global_batch_size=config.batch_size, class_weight=cw, stats=True)
+        inner = getattr(opt, "inner_optimizer", opt)
+        state["wait"] = 0
+        for epoch in range(s0, s1):
+            lr_e = slr * config.lr_decay ** (epoch - s0)
+            inner.learning_rate.assign(lr_e)
+            t0 = time.perf_counter()
+            losses, stats = runner.run(steps)
+            row = {"epoch": epoch, "stage": stage, "lr": float(lr_e)}
+            logs = {"loss": float(np.mean(losses)), **metrics_from_stats(stats)}
+            logs.update({f"val_{k}": v for k, v in _numpy_metrics(*_predict_all(model, val_ds)).items()})
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            row.update(logs)
+            history.append(row)
+            _write_history(history_path, history)
+            val_loss = all_reduce_mean(strategy, logs["val_loss"])  # same decision everywhere
+            if not math.isfinite(val_loss):
+                val_loss = math.inf
+            if val_loss < state["best_val_loss"]:
+                state.update(best_val_loss=val_loss, best_epoch=epoch, wait=0)
+                with atomic_path(ckpt / "best.weights.h5", suffix=".weights.h5") as tmp:
+                    model.save_weights(tmp)
+            else:
+                state["wait"] = state.get("wait", 0) + 1
+            state.update(epoch=epoch + 1, stage=stage)
+            if progress:
+                print(f"epoch {epoch + 1}/{s1}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                      + f" ({row['seconds']:.1f} s)", file=sys.stderr)
+            stop = state["wait"] >= config.patience
+            if stop:
+                state["epoch"] = s1
+                state["wait"] = 0
+                print(f"early stopping: validation loss did not improve for {config.patience} "
+                      "epoch(s)", file=sys.stderr)
+            _write_state(ckpt, state)
+            if stop:
+                break
+        state["epoch"] = max(int(state["epoch"]), s1)
+        _write_state(ckpt, state)
+    if (ckpt / "best.weights.h5").exists():
+        with strategy.scope():
+            model.load_weights(ckpt / "best.weights.h5")
+    return model, _numpy_metrics(*_predict_all(model, val_ds))
 
 
 def _build(build_args: dict, weights: str):
