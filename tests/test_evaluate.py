@@ -682,3 +682,33 @@ def test_cli_patches(tmp_path, capsys):
     noth5.write_text("hello")
     one_line_error(*run_cli(["evaluate", "patches", "-m", str(mp), "-p", str(noth5), "-o", str(out)], capsys)[::2],
                    "x.h5", "not an HDF5")
+
+
+def test_predict_patches_tta_averages_the_eight_views(tmp_path):
+    """--tta: the mean over the 8 rotations/flips, each applied to all towers alike."""
+    import h5py
+    import keras
+
+    from wsiheat.infer import dihedral
+
+    rng = np.random.default_rng(3)
+    N, T, W = 20, 2, 8
+    images = rng.integers(0, 256, (N, T, W, W, 3), dtype=np.uint8)
+    h5p = tmp_path / "p.h5"
+    with h5py.File(h5p, "w") as h5:
+        h5.create_dataset("images", data=images)
+        h5.create_dataset("labels", data=(np.arange(N) % 2).astype(np.uint8))
+    # position-dependent model (a dense layer over all pixels): not rotation invariant
+    inp = keras.Input(shape=(T, W, W, 3), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(keras.ops.cast(inp, "float32")))
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    out = dense(x)
+    dense.set_weights([rng.normal(0, 0.05, (T * W * W * 3, 1)).astype(np.float32), np.zeros(1, np.float32)])
+    model = keras.Model(inp, out)
+    plain = E.predict_patches(model, h5p, batch_size=8, progress=False)["scores"]
+    tta = E.predict_patches(model, h5p, batch_size=8, progress=False, tta=True)["scores"]
+    views = [dihedral(images, k, f) for f in (False, True) for k in range(4)]
+    expected = np.mean([model.predict(v, verbose=0)[:, 0] for v in views], axis=0)
+    np.testing.assert_allclose(tta, expected, atol=1e-6)
+    np.testing.assert_allclose(plain, model.predict(images, verbose=0)[:, 0], atol=1e-6)
+    assert np.abs(tta - plain).max() > 1e-3  # the views really differ for this model

@@ -581,7 +581,8 @@ def evaluate_group() -> None:
               help="Report folder (created if missing).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Windows per model call and per HDF5 read.")
-def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch_size: int) -> None:
+@click.option("--tta", is_flag=True, help="Average the 8 rotations/flips of every window (8x slower).")
+def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch_size: int, tta: bool) -> None:
     """Patch-level AUC, accuracy, sensitivity, specificity, F1, confusion matrices.
 
     Metrics at 0.5 and at the Youden threshold, a ROC plot, a per-slide
@@ -590,7 +591,7 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     """
     from .evaluate import evaluate_patches
 
-    rep = evaluate_patches(model_path, patches_path, out_dir, batch_size=batch_size)
+    rep = evaluate_patches(model_path, patches_path, out_dir, batch_size=batch_size, tta=tta)
 
     def f(v):
         return "n/a" if v is None or v != v else f"{v:.4f}"

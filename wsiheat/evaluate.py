@@ -354,7 +354,7 @@ def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray |
 
 
 def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int = 64,
-                    progress: bool = True) -> dict[str, np.ndarray]:
+                    progress: bool = True, tta: bool = False) -> dict[str, np.ndarray]:
     """Run a model over a wsiheat HDF5 patches file, reading it in chunks.
 
     Parameters
@@ -368,6 +368,9 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         Windows per model call (and per HDF5 read).
     progress : bool
         Show a tqdm bar (on a terminal only).
+    tta : bool
+        Average over the 8 rotations/flips of each window (the same
+        transform for every tower), as ``heatmap --tta`` does.
 
     Returns
     -------
@@ -377,6 +380,8 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
     """
     import h5py
     from tqdm import tqdm
+
+    from .infer import dihedral
 
     path = Path(patches_path)
     if batch_size < 1:
@@ -414,8 +419,10 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             x = images[start:stop]
-            out = np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(stop - start, -1)
-            scores[start:stop] = out[:, -1]
+            views = [dihedral(x, k, flip) for flip in (False, True) for k in range(4)] if tta else [x]
+            out = sum(np.asarray(model.predict_on_batch(v), dtype=np.float64).reshape(stop - start, -1)[:, -1]
+                      for v in views) / len(views)
+            scores[start:stop] = out
             bar.update(stop - start)
         bar.close()
     if not np.isfinite(scores).all():
@@ -424,7 +431,7 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
 
 
 def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathLike, out_dir: str | os.PathLike,
-                     batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+                     batch_size: int = 64, progress: bool = True, tta: bool = False) -> dict[str, Any]:
     """``wsiheat evaluate patches``: predict, then write the patch report.
 
     Writes ``patch_report.json``, ``patch_roc.png``, ``patch_per_slide.csv``
@@ -440,8 +447,9 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
 
     out = _prepare_out_dir(out_dir)
     model, meta = load_model(model_path)
-    pred = predict_patches(model, patches_path, batch_size=batch_size, progress=progress)
+    pred = predict_patches(model, patches_path, batch_size=batch_size, progress=progress, tta=tta)
     rep = patch_report(pred["labels"], pred["scores"], pred["slide_ids"], pred["slides"])
+    rep["tta"] = bool(tta)
     rep["model"] = str(model_path)
     rep["patches"] = str(patches_path)
     fpr, tpr, _ = roc_curve(pred["labels"], pred["scores"])
