@@ -681,7 +681,7 @@ def evaluate_froc_cmd(results: str, ground_truth: tuple[str, ...], reference: st
 @click.option("--quick", is_flag=True, help="Reduced run for tests: tiny backbone, a few training steps.")
 @click.option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "imagenet", "none"]),
               help="auto: ImageNet weights when cached (`wsiheat weights`), else random init, said clearly.")
-@click.option("--epochs", type=int, default=None, help="Training epochs [default: 3; 1 with --quick].")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: 6; 1 with --quick].")
 @click.option("--steps-per-epoch", type=int, default=None, help="Training steps per epoch [default: 40; 3 with --quick].")
 @click.option("--seed", default=0, show_default=True, type=int)
 def demo_cmd(data_dir: str, out_dir: str, quick: bool, weights: str, epochs: int | None,

@@ -125,9 +125,9 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     weights_used, why = _choose_weights(weights, quick)
     click.echo(f"   weights: {weights_used}{' (' + why + ')' if why else ''}")
     cfg = TrainConfig(
-        epochs=epochs or (1 if quick else 3),
+        epochs=epochs or (1 if quick else 6),
         steps_per_epoch=steps_per_epoch or (3 if quick else 40),
-        batch_size=16 if quick else 32,
+        batch_size=16 if quick else 32, lr=None if quick else 2e-4,
         weights=weights_used if weights_used != "tiny" else "none",
         backbone="tiny" if weights_used == "tiny" else "inception_v3",
         trainable_from=None if weights_used in ("none", "tiny") else "mixed5",
