@@ -873,23 +873,12 @@ def read_detections(path: str | os.PathLike, allow_empty: bool = False) -> tuple
         coordinates, or an empty file (unless ``allow_empty``).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise WsiheatError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, IsADirectoryError):
-        raise WsiheatError(f"{path}: not a text CSV file") from None
     probs, xs, ys = [], [], []
-    first = True
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
+    for k, (lineno, row) in enumerate(_read_csv_rows(path)):
+        elems = [e.strip() for e in row]
+        line = ",".join(row)
+        if k == 0 and elems[:3] == ["prob", "x", "y"]:
             continue
-        elems = [e.strip() for e in line.split(",")]
-        if first and elems[:3] == ["prob", "x", "y"]:
-            first = False
-            continue
-        first = False
         if len(elems) < 3:
             raise WsiheatError(f"{path}:{lineno}: expected 'prob,x,y', got {line!r}")
         try:
