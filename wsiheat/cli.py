@@ -483,10 +483,11 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     ds = _parse_floats(downsamples, "--downsamples")
 
     from .infer import (HeatmapWarning, check_model, heatmap_slide, make_predict_fn, outputs_exist,
-                        slide_name_of, spec_from_metadata)
+                        spec_from_metadata)
+    from .slide import slide_name
 
     def out_name(path: str, given: str | None) -> str:
-        return given or slide_name_of(path)
+        return given or slide_name(path)
 
     seen: dict[str, str] = {}
     for s, n in zip(slides, names):

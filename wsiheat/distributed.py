@@ -51,21 +51,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import WsiheatError
+from .slide import slide_name
 
 #: Columns a manifest may have (others are ignored).
 MANIFEST_COLUMNS = ("slide", "ground_truth", "split")
 
 
 # --- tasks and manifests -------------------------------------------------------------
-
-def slide_name(path: str | os.PathLike) -> str:
-    """The name :attr:`wsiheat.slide.Slide.name` gives a slide file, without opening it."""
-    name = Path(path).name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(path).stem
-
 
 @dataclass(frozen=True)
 class SlideTask:

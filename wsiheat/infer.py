@@ -606,13 +606,6 @@ def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     return {s: out_dir / f"{name}{s}" for s in OUTPUT_SUFFIXES}
 
 
-def slide_name_of(path: str | os.PathLike) -> str:
-    """The name :attr:`wsiheat.slide.Slide.name` gives a slide file, without opening it."""
-    from types import SimpleNamespace
-
-    return Slide.name.fget(SimpleNamespace(path=Path(path)))
-
-
 def outputs_exist(out_dir: str | os.PathLike, name: str) -> bool:
     """True when every output of ``name`` exists (a complete earlier run)."""
     return all(p.exists() for p in output_paths(out_dir, name).values())

@@ -145,12 +145,8 @@ class Slide:
     # -- metadata ----------------------------------------------------------------
     @property
     def name(self) -> str:
-        """Slide name: the file name without its extension(s)."""
-        name = self.path.name
-        for ext in (".ome.tiff", ".ome.tif"):
-            if name.lower().endswith(ext):
-                return name[: -len(ext)]
-        return self.path.stem
+        """Slide name: the file name without its extension(s); see :func:`slide_name`."""
+        return slide_name(self.path)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -385,6 +381,17 @@ class Slide:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def slide_name(path: str | os.PathLike) -> str:
+    """The name of a slide file, without opening it: the file name without its
+    extension (both parts of ``.ome.tif``/``.ome.tiff``). Output files and
+    HDF5 rows are named by it."""
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(path).stem
 
 
 def open_slide(path: str | os.PathLike) -> Slide:
