@@ -336,6 +336,37 @@ def test_train_end_to_end_resume_and_metadata(patches, tmp_path):
         train(patches, out, cfg, progress=False, resume=True)
 
 
+@pytest.mark.parametrize("monitor", ["val_loss", "val_auc"])
+def test_monitor_picks_the_best_epoch(patches, tmp_path, monitor):
+    import csv
+
+    import keras
+
+    from wsiheat.train import train
+
+    out = tmp_path / "m.keras"
+    s = train(patches, out, tiny_cfg(epochs=5, lr=3e-2, monitor=monitor), progress=False)
+    with open(tmp_path / "m.history.csv", newline="") as fh:
+        values = [float(r[monitor]) for r in csv.DictReader(fh)]
+    assert len(values) == 5
+    best = int(np.argmax(values)) if monitor == "val_auc" else int(np.argmin(values))
+    assert s["best_epoch"] == best
+
+    # a resume must keep the checkpoint's monitor
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    out2 = tmp_path / "r.keras"
+    with pytest.raises(KeyboardInterrupt):
+        train(patches, out2, tiny_cfg(monitor=monitor), progress=False, callbacks=[Interrupt()])
+    other = "val_loss" if monitor == "val_auc" else "val_auc"
+    with pytest.raises(WsiheatError, match=f"resume with --monitor {monitor}"):
+        train(patches, out2, tiny_cfg(monitor=other), progress=False, resume=True)
+    with pytest.raises(WsiheatError, match="--monitor accuracy"):
+        tiny_cfg(monitor="accuracy").validate()
+
+
 def test_cli_train_with_val_file_and_sampling(tmp_path, capsys):
     images, labels, slide_ids, slides = make_data(seed=2)
     tr = write_patches(tmp_path / "tr.h5", images, labels, slide_ids, slides)

@@ -302,7 +302,9 @@ def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, 
 @click.option("--lr-decay", default=1.0, show_default=True, type=float,
               help="Learning-rate factor per epoch.")
 @click.option("--patience", default=5, show_default=True, type=int,
-              help="Early stopping: epochs without a better validation loss.")
+              help="Early stopping: epochs without a better monitored figure.")
+@click.option("--monitor", type=click.Choice(["val_loss", "val_auc"]), default="val_loss", show_default=True,
+              help="Validation figure that picks the best epoch and drives early stopping.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--balance", type=click.Choice(["weights", "sampling"]), default="weights",
               show_default=True, help="Class imbalance: loss weights or balanced sampling.")
@@ -320,7 +322,7 @@ def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, 
 @click.option("--memory-budget", type=float, default=None,
               help="GiB of images held in memory (default: 40%% of available); larger files stream.")
 def train_cmd(patches, output, val, val_fraction, weights, trainable_from, second_stage_lr,
-              second_stage_epochs, epochs, batch_size, steps_per_epoch, lr, lr_decay, patience,
+              second_stage_epochs, epochs, batch_size, steps_per_epoch, lr, lr_decay, patience, monitor,
               seed, balance, resume, no_augment, no_colour, brightness, saturation, hue, contrast,
               shared_backbone, dropout, backbone, memory_budget) -> None:
     """Train the multi-tower tumor classifier on an HDF5 patches file."""
@@ -339,7 +341,7 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
                       second_stage_epochs=second_stage_epochs, trainable_from=trainable_from,
                       weights=weights, shared_backbone=shared_backbone, dropout=dropout,
                       backbone=backbone, val_fraction=val_fraction, seed=seed, balance=balance,
-                      patience=patience, augment=augment,
+                      patience=patience, monitor=monitor, augment=augment,
                       memory_budget=None if memory_budget is None else int(memory_budget * 2**30))
     s = train(patches, output, cfg, val=val, resume=resume)
     m = s["val_metrics"]

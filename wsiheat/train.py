@@ -7,7 +7,8 @@ augmentation) to :func:`wsiheat.model.build_model` and Keras ``fit``:
   cross-entropy, metrics AUC, accuracy, sensitivity, specificity;
 * fine-tuning in stages: stage 1 trains from ``trainable_from`` (e.g.
   ``mixed5``) upward, optional stage 2 unfreezes everything at ``second_stage_lr``;
-* best-val-loss weights, early stopping (``patience``), a CSV history and a
+* best weights by a monitored validation figure (``monitor``: loss or AUC),
+  early stopping (``patience``), a CSV history and a
   training-curve PNG beside the model, a checkpoint folder ``MODEL.ckpt/``
   (last model with optimizer state, best weights, state) so that ``resume``
   continues after an interruption; the folder is removed after success;
@@ -66,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     balance: str = "weights"
     patience: int = 5
+    monitor: str = "val_loss"
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     memory_budget: int | None = None
     mixed_precision: bool | None = None  # None: when GPUs exist
@@ -87,6 +89,26 @@ class TrainConfig:
             raise WsiheatError(f"--balance {self.balance}: choose weights or sampling")
         if self.patience < 1:
             raise WsiheatError(f"--patience {self.patience}: need an integer >= 1")
+        if self.monitor not in MONITORS:
+            raise WsiheatError(f"--monitor {self.monitor}: choose {' or '.join(MONITORS)}")
+
+
+#: validation figures that can pick the best epoch: name -> +1 (higher is better) or -1
+MONITORS = {"val_loss": -1, "val_auc": +1}
+
+
+def _monitored(monitor: str, logs: dict) -> float:
+    """The monitored figure of an epoch as a value to minimise (inf when missing or not finite)."""
+    v = logs.get(monitor)
+    if v is None and monitor == "val_loss":
+        v = logs.get("loss")  # no validation data: training loss
+    v = math.inf if v is None else -MONITORS[monitor] * float(v)
+    return v if math.isfinite(v) else math.inf
+
+
+def _best_so_far(state: dict) -> float:
+    """The best monitored value (minimised) in a training state, older states included."""
+    return float(state.get("best", state.get("best_val_loss", math.inf)))
 
 
 def _specificity_class():
@@ -220,7 +242,7 @@ def _keras_callback_base():
 
 def _make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: list,
                        stage: int, stage_start: int, stage_end: int, lr: float, decay: float,
-                       patience: int):
+                       patience: int, monitor: str = "val_loss"):
     Base = _keras_callback_base()
 
     class Checkpointer(Base):
@@ -241,11 +263,9 @@ def _make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: lis
             row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
             history.append(row)
             _write_history(history_path, history)
-            val_loss = float(logs.get("val_loss", logs.get("loss", math.inf)))
-            if not math.isfinite(val_loss):
-                val_loss = math.inf
-            if val_loss < state["best_val_loss"]:
-                state.update(best_val_loss=val_loss, best_epoch=epoch, wait=0)
+            value = _monitored(monitor, logs)
+            if value < _best_so_far(state):
+                state.update(best=value, best_epoch=epoch, wait=0)
                 with atomic_path(ckpt / "best.weights.h5", suffix=".weights.h5") as tmp:
                     self.model.save_weights(tmp)
             else:
@@ -257,7 +277,7 @@ def _make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: lis
                 self.model.stop_training = True
                 state["epoch"] = stage_end  # go on with the next stage after a resume
                 state["wait"] = 0
-                print(f"early stopping: validation loss did not improve for {patience} epoch(s)",
+                print(f"early stopping: {monitor} did not improve for {patience} epoch(s)",
                       file=sys.stderr)
             _write_state(ckpt, state)
 
@@ -348,7 +368,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     history_path = base.with_name(output.stem + ".history.csv")
     plot_path = base.with_name(output.stem + ".history.png")
     fingerprint = pf.fingerprint()
-    state = {"epoch": 0, "stage": 0, "best_val_loss": math.inf, "best_epoch": None, "wait": 0,
+    state = {"epoch": 0, "stage": 0, "monitor": config.monitor, "best": math.inf, "best_epoch": None, "wait": 0,
              "fingerprint": fingerprint, "val_fingerprint": vf.fingerprint()}
     history: list[dict] = []
     if resume:
@@ -357,6 +377,10 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         state = json.loads((ckpt / "state.json").read_text())
         if state.get("fingerprint") != fingerprint:
             raise WsiheatError(f"{ckpt}: the checkpoint was trained on other data than {patches}")
+        if state.get("monitor", "val_loss") != config.monitor:
+            raise WsiheatError(f"{ckpt}: the checkpoint picks its best epoch by "
+                               f"{state.get('monitor', 'val_loss')}; resume with --monitor "
+                               f"{state.get('monitor', 'val_loss')}")
         history = [r for r in _read_history(history_path) if int(float(r["epoch"])) < state["epoch"]]
     else:
         if ckpt.exists():
@@ -414,7 +438,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
                         _compile(model, slr, mixed)
                         state["wait"] = 0
                     cb = _make_checkpointer(ckpt, history_path, state, history, stage, s0, s1, slr,
-                                            config.lr_decay, config.patience)
+                                            config.lr_decay, config.patience, config.monitor)
                     model.fit(train_ds, epochs=s1, initial_epoch=start, steps_per_epoch=steps,
                               validation_data=val_ds, validation_steps=val_steps, class_weight=cw,
                               callbacks=[cb, *(callbacks or [])], shuffle=False, verbose=verbose)
@@ -579,11 +603,11 @@ def _fit_multiworker(strategy, pf: PatchFile, vf: PatchFile, train_rows, val_row
             row.update(logs)
             history.append(row)
             _write_history(history_path, history)
-            val_loss = all_reduce_mean(strategy, logs["val_loss"])  # same decision everywhere
-            if not math.isfinite(val_loss):
-                val_loss = math.inf
-            if val_loss < state["best_val_loss"]:
-                state.update(best_val_loss=val_loss, best_epoch=epoch, wait=0)
+            value = all_reduce_mean(strategy, _monitored(config.monitor, logs))  # same decision everywhere
+            if not math.isfinite(value):
+                value = math.inf
+            if value < _best_so_far(state):
+                state.update(best=value, best_epoch=epoch, wait=0)
                 with atomic_path(ckpt / "best.weights.h5", suffix=".weights.h5") as tmp:
                     model.save_weights(tmp)
             else:
@@ -596,7 +620,7 @@ def _fit_multiworker(strategy, pf: PatchFile, vf: PatchFile, train_rows, val_row
             if stop:
                 state["epoch"] = s1
                 state["wait"] = 0
-                print(f"early stopping: validation loss did not improve for {config.patience} "
+                print(f"early stopping: {config.monitor} did not improve for {config.patience} "
                       "epoch(s)", file=sys.stderr)
             _write_state(ckpt, state)
             if stop:
