@@ -671,6 +671,12 @@ def test_cli_patches(tmp_path, capsys):
     assert len(preds) == N + 1
     assert np.allclose([float(r.split(",")[-1]) for r in preds[1:]], expected, atol=1e-6)
     assert Image.open(out / "patch_roc.png").size[0] > 100
+    # the error gallery: the most confident mistakes, as the scores say
+    fp_rows = [i for i in np.argsort(-expected, kind="stable") if labels[i] == 0 and expected[i] >= 0.5][:16]
+    fn_rows = [i for i in np.argsort(expected, kind="stable") if labels[i] == 1 and expected[i] < 0.5][:16]
+    assert fp_rows and fn_rows
+    assert rep["errors_shown"] == {"false_positives": fp_rows, "false_negatives": fn_rows}
+    assert rep["files"]["errors"] == "patch_errors.png" and Image.open(out / "patch_errors.png").size[0] > 400
     # a patches file that does not fit the model
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as h5:
@@ -682,6 +688,27 @@ def test_cli_patches(tmp_path, capsys):
     noth5.write_text("hello")
     one_line_error(*run_cli(["evaluate", "patches", "-m", str(mp), "-p", str(noth5), "-o", str(out)], capsys)[::2],
                    "x.h5", "not an HDF5")
+
+
+def test_error_examples_by_hand():
+    labels = np.array([0, 0, 1, 1, 0, 1, 0])
+    scores = np.array([0.9, 0.6, 0.1, 0.7, 0.9, 0.4, 0.2])
+    fp, fn = E.error_examples(labels, scores, k=16)
+    assert fp.tolist() == [0, 4, 1] and fn.tolist() == [2, 5]  # ties keep row order
+    fp, fn = E.error_examples(labels, scores, k=1)
+    assert fp.tolist() == [0] and fn.tolist() == [2]
+    fp, fn = E.error_examples(labels, scores, threshold=0.05)
+    assert fp.tolist() == [0, 4, 1, 6] and fn.size == 0
+
+
+def test_read_patch_rows_any_order(tmp_path):
+    import h5py
+
+    images = np.random.default_rng(0).integers(0, 256, (10, 2, 4, 4, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "p.h5", "w") as h5:
+        h5.create_dataset("images", data=images, chunks=(3, 2, 4, 4, 3))
+    rows = [7, 2, 7, 0]
+    np.testing.assert_array_equal(E.read_patch_rows(tmp_path / "p.h5", rows), images[rows])
 
 
 def test_predict_patches_tta_averages_the_eight_views(tmp_path):

@@ -289,8 +289,7 @@ def test_interrupted_run_leaves_no_outputs(data, tmp_path):
 
 
 def test_cli_batch_skip_overwrite(data, tmp_path, capsys):
-    out = tmp_path / "res"
-    out.mkdir()
+    out = tmp_path / "new" / "res"  # created, parents too
     slides = [data["slide"], data["small"]]
     code, so, se = run_cli(["heatmap", *slides, "-m", data["models"]["ds1"], "--out-dir", out,
                             "--batch-size", "64", "--no-progress"], capsys)
@@ -351,8 +350,10 @@ def test_cli_bad_inputs(data, tmp_path, capsys):
     code, so, se = run_cli(["heatmap", data["small"], "-m", m, "--out-dir", tmp_path, "--overwrite",
                             "--downsamples", "0.5,1"], capsys)
     assert code == 2 and "finer than level 0" in se
-    code, so, se = run_cli(["heatmap", data["small"], "-m", m, "--out-dir", tmp_path / "nope"], capsys)
-    assert code == 2 and "does not exist" in se
+    # an output folder that cannot be created: a file stands in the way
+    (tmp_path / "afile").write_text("x")
+    code, so, se = run_cli(["heatmap", data["small"], "-m", m, "--out-dir", tmp_path / "afile"], capsys)
+    assert code == 2 and "afile: output exists and is not a folder" in se and se.count("\n") == 1
 
 
 def test_library_errors(data, tmp_path):

@@ -479,9 +479,10 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     else:
         folder = Path(out_dir if out_dir is not None else ".")
         names = [None] * len(slides)
-    if not folder.is_dir():
-        raise WsiheatError(f"{folder}: output folder does not exist")
     meta = read_metadata(model_path)  # fast: a foreign file fails before TensorFlow loads
+    from .fileio import ensure_out_dir
+
+    ensure_out_dir(folder)
     ds = _parse_floats(downsamples, "--downsamples")
 
     from .infer import (HeatmapWarning, check_model, heatmap_slide, make_predict_fn, outputs_exist,

@@ -102,7 +102,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import WsiheatError
-from .fileio import atomic_path
+from .fileio import atomic_path, ensure_out_dir
 
 #: Level-0 pixel size of CAMELYON16 slides (µm/px) used by Evaluation_FROC.py.
 CAMELYON16_MPP = 0.243
@@ -353,6 +353,32 @@ def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray |
     return rep
 
 
+def error_examples(labels: np.ndarray, scores: np.ndarray, k: int = 16,
+                   threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The most confident mistakes at a threshold.
+
+    Parameters
+    ----------
+    labels, scores : ndarray, shape (n,)
+    k : int
+        At most this many of each kind.
+    threshold : float
+        A score at or above it is a tumor call.
+
+    Returns
+    -------
+    false_positives, false_negatives : ndarray of int
+        Row indices: normal rows called tumor, most probable first; tumor rows
+        called normal, least probable first (ties by row order).
+    """
+    y, s = _check_labels_scores(labels, scores, "patches")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    fp = np.flatnonzero((y == 0) & (s >= threshold))
+    fn = np.flatnonzero((y == 1) & (s < threshold))
+    return fp[np.argsort(-s[fp], kind="stable")][:k], fn[np.argsort(s[fn], kind="stable")][:k]
+
+
 def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int = 64,
                     progress: bool = True, tta: bool = False) -> dict[str, np.ndarray]:
     """Run a model over a wsiheat HDF5 patches file, reading it in chunks.
@@ -434,9 +460,11 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
                      batch_size: int = 64, progress: bool = True, tta: bool = False) -> dict[str, Any]:
     """``wsiheat evaluate patches``: predict, then write the patch report.
 
-    Writes ``patch_report.json``, ``patch_roc.png``, ``patch_per_slide.csv``
-    and ``patch_predictions.csv`` (``index,slide,x,y,label,score``) into
-    ``out_dir``.
+    Writes ``patch_report.json``, ``patch_roc.png``, ``patch_per_slide.csv``,
+    ``patch_predictions.csv`` (``index,slide,x,y,label,score``) and, when
+    the model makes mistakes at 0.5, ``patch_errors.png`` (the 16 most
+    confident false positives and false negatives, with slide and score)
+    into ``out_dir``.
 
     Returns
     -------
@@ -445,7 +473,7 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
     """
     from .model import load_model
 
-    out = _prepare_out_dir(out_dir)
+    out = ensure_out_dir(out_dir)
     model, meta = load_model(model_path)
     pred = predict_patches(model, patches_path, batch_size=batch_size, progress=progress, tta=tta)
     rep = patch_report(pred["labels"], pred["scores"], pred["slide_ids"], pred["slides"])
@@ -471,8 +499,38 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
              int(centers[i, 0]) if centers is not None else "", int(centers[i, 1]) if centers is not None else "",
              int(pred["labels"][i]), repr(float(pred["scores"][i]))] for i in range(len(pred["scores"])))
     write_csv(out / files["predictions"], ["index", "slide", "x", "y", "label", "score"], prow)
+    fp, fn = error_examples(pred["labels"], pred["scores"], k=16)
+    if fp.size or fn.size:
+        images = read_patch_rows(patches_path, np.concatenate([fp, fn]))
+
+        def captions(rows):
+            sids = pred["slide_ids"][rows]
+            return [f"{names[int(d)] if 0 <= d < len(names) else d}\np = {pred['scores'][i]:.3f}"
+                    for i, d in zip(rows, sids)]
+
+        plot_patch_gallery(out / "patch_errors.png", [
+            (f"Most confident false positives (normal, p >= 0.5): {fp.size} of "
+             f"{rep['at_0.5']['fp']}", images[:fp.size], captions(fp)),
+            (f"Most confident false negatives (tumor, p < 0.5): {fn.size} of "
+             f"{rep['at_0.5']['fn']}", images[fp.size:], captions(fn))])
+        files["errors"] = "patch_errors.png"
+        rep["errors_shown"] = {"false_positives": fp.tolist(), "false_negatives": fn.tolist()}
     write_json(out / files["report"], rep)
     return rep
+
+
+def read_patch_rows(patches_path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
+    """The ``images`` rows of an HDF5 patches file, in the order asked (uint8 (K, T, W, W, 3))."""
+    import h5py
+
+    rows = np.asarray(rows, np.int64)
+    uniq, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing indices only
+    try:
+        with h5py.File(patches_path, "r") as h5:
+            got = h5["images"][uniq] if uniq.size else np.zeros((0,) + h5["images"].shape[1:], np.uint8)
+    except (OSError, KeyError) as exc:
+        raise WsiheatError(f"{patches_path}: cannot read images ({exc})") from None
+    return got[inverse]
 
 
 # =====================================================================================
@@ -627,7 +685,7 @@ def evaluate_slides(results: str | os.PathLike, out_dir: str | os.PathLike,
     rep = slide_report(names, np.array([ref[n] for n in names]), np.array([scores[n] for n in names]),
                        n_boot=n_boot, seed=seed)
     rep["score_field"] = score
-    out = _prepare_out_dir(out_dir)
+    out = ensure_out_dir(out_dir)
     files = {"report": "slide_report.json", "roc": "slide_roc.png", "table": "slide_table.csv"}
     rep["files"] = files
     rep["results"] = str(results)
@@ -1100,7 +1158,7 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
                                    f"slide's {W}x{H}")
         masks[name] = gt.tumor_mask(0, 0, math.ceil(W / d), math.ceil(H / d), d)
     res = froc_from_arrays(detections, masks, mpp, level)
-    out = _prepare_out_dir(out_dir)
+    out = ensure_out_dir(out_dir)
     files = {"report": "froc_report.json", "plot": "froc.png", "curve": "froc_curve.csv",
              "lesions": "froc_lesions.csv"}
     per_slide = []
@@ -1170,6 +1228,51 @@ def plot_froc(path: str | os.PathLike, fps: np.ndarray, sens: np.ndarray, eval_f
     _save(fig, path)
 
 
+def plot_patch_gallery(path: str | os.PathLike, groups: Sequence[tuple[str, np.ndarray, Sequence[str]]],
+                       columns: int = 8) -> None:
+    """Write a PNG of labeled windows, one block per group, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+    groups : sequence of (title, images, captions)
+        ``images`` uint8 ``(K, T, W, W, 3)``: the towers of a row are shown
+        side by side, finest first; one caption per row.
+    columns : int
+        Windows per line.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in groups if len(g[1])]
+    if not groups:
+        raise ValueError("nothing to show")
+    towers = int(groups[0][1].shape[1])
+    lines = [max(1, math.ceil(len(g[1]) / columns)) for g in groups]
+    cell_w, cell_h = 1.25 * min(towers, 2), 1.25 * min(towers, 2) / towers + 0.35
+    fig = plt.figure(figsize=(columns * cell_w, sum(n * cell_h + 0.45 for n in lines)), dpi=100)
+    subfigs = fig.subfigures(len(groups), 1, height_ratios=[n * cell_h + 0.45 for n in lines], squeeze=False)
+    for sf, (title, images, captions), n in zip(subfigs[:, 0], groups, lines):
+        sf.suptitle(title, fontsize=11, x=0.01, ha="left")
+        axes = sf.subplots(n, columns, squeeze=False).ravel()
+        sf.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.85 if n == 1 else 0.9, wspace=0.08)
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, img, cap in zip(axes, images, captions):
+            gap = np.full((img.shape[1], max(1, img.shape[2] // 20), 3), 255, np.uint8)
+            parts = [img[0]]
+            for t in range(1, img.shape[0]):
+                parts += [gap, img[t]]
+            ax.imshow(np.concatenate(parts, axis=1), interpolation="nearest")
+            ax.set_title(cap, fontsize=7)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically; NaN/inf become null and numpy values plain numbers."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
@@ -1226,19 +1329,6 @@ def _jsonable(obj: Any) -> Any:
 
 def _fmt(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
-
-
-def _prepare_out_dir(out_dir: str | os.PathLike) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise WsiheatError(f"{out}: output exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WsiheatError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise WsiheatError(f"{out}: output folder is not writable")
-    return out
 
 
 def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:

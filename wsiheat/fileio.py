@@ -27,6 +27,20 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     return parent
 
 
+def ensure_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Create the output folder ``out_dir`` (and its parents) if needed; check it is writable."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise WsiheatError(f"{out}: output exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WsiheatError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise WsiheatError(f"{out}: output folder is not writable")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
