@@ -186,6 +186,34 @@ def test_outputs_exist_and_are_readable(data, tmp_path):
     assert js["patches_per_second"] > 0 and js["model"].endswith("m_ds2.keras")
 
 
+def test_lesion_views_show_the_slide_around_each_point(data, tmp_path):
+    cell0 = 100.0
+    lesions = np.array([[0.9, (TUMOR[0] + TUMOR[2]) / 2, (TUMOR[1] + TUMOR[3]) / 2],  # inside the tumor
+                        [0.6, 30.0, 30.0]])  # near the corner: the view runs off the slide
+    with Slide(data["slide"]) as s:
+        v = infer.lesion_views(s, lesions, cell0, context_cells=6, size=120)
+        ref = s.read_scaled((lesions[0, 1] - 300, lesions[0, 2] - 300), 5.0, (120, 120))
+    assert v.shape == (2, 1, 120, 120, 3) and v.dtype == np.uint8
+    cyan = np.all(v[:, 0] == (0, 200, 255), axis=-1)
+    # the scored cell (100 px = 20 view px, centred) is outlined, 2 px wide; nothing else is cyan
+    outline = np.zeros((120, 120), bool)
+    outline[50:70, 50:70] = True
+    outline[52:68, 52:68] = False
+    assert np.array_equal(cyan[0], outline) and np.array_equal(cyan[1], outline)
+    np.testing.assert_array_equal(v[0, 0][~outline], ref[~outline])
+    assert np.all(v[0, 0][5, 5] == RED)  # the tumor fills the view
+    assert np.all(v[1, 0][0, 0] == 255)  # outside the slide: white background
+    # the gallery file written by heatmap_slide; an empty one for a slide without candidates
+    from wsiheat.model import load_model
+
+    model, meta = load_model(data["models"]["ds2"])
+    infer.heatmap_slide(data["small"], model, meta, tmp_path, batch_size=16)
+    infer.heatmap_slide(data["blank"], model, meta, tmp_path, batch_size=16)
+    for n in ("small", "blank"):
+        assert Image.open(tmp_path / f"{n}_lesions.png").format == "PNG"
+    assert Image.open(tmp_path / "small_lesions.png").size[1] > Image.open(tmp_path / "blank_lesions.png").size[1]
+
+
 def test_tile_reader_matches_sampling_read_windows(data):
     spec = WindowSpec(downsamples=(2.0, 8.0), window=80, center=50, stride=50)
     rng = np.random.default_rng(0)

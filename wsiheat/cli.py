@@ -446,7 +446,8 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     Per slide NAME: NAME.png (heatmap + colorbar), NAME_overlay.png,
     NAME.h5 (raw probabilities, tissue, geometry), NAME_heatmap.tif
     (pyramidal TIFF aligned to the slide), NAME_lesions.csv (prob,x,y
-    level-0 px) and NAME.json (score = max probability, ...).
+    level-0 px), NAME_lesions.png (the candidates in context) and NAME.json
+    (score = max probability, ...).
     """
     import warnings
     from pathlib import Path

@@ -103,6 +103,7 @@ import numpy as np
 
 from .errors import WsiheatError
 from .fileio import atomic_path, ensure_out_dir
+from .gallery import plot_gallery
 
 #: Level-0 pixel size of CAMELYON16 slides (µm/px) used by Evaluation_FROC.py.
 CAMELYON16_MPP = 0.243
@@ -508,7 +509,7 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
             return [f"{names[int(d)] if 0 <= d < len(names) else d}\np = {pred['scores'][i]:.3f}"
                     for i, d in zip(rows, sids)]
 
-        plot_patch_gallery(out / "patch_errors.png", [
+        plot_gallery(out / "patch_errors.png", [
             (f"Most confident false positives (normal, p >= 0.5): {fp.size} of "
              f"{rep['at_0.5']['fp']}", images[:fp.size], captions(fp)),
             (f"Most confident false negatives (tumor, p < 0.5): {fn.size} of "
@@ -1226,51 +1227,6 @@ def plot_froc(path: str | os.PathLike, fps: np.ndarray, sens: np.ndarray, eval_f
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     _save(fig, path)
-
-
-def plot_patch_gallery(path: str | os.PathLike, groups: Sequence[tuple[str, np.ndarray, Sequence[str]]],
-                       columns: int = 8) -> None:
-    """Write a PNG of labeled windows, one block per group, atomically.
-
-    Parameters
-    ----------
-    path : path-like
-    groups : sequence of (title, images, captions)
-        ``images`` uint8 ``(K, T, W, W, 3)``: the towers of a row are shown
-        side by side, finest first; one caption per row.
-    columns : int
-        Windows per line.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = [g for g in groups if len(g[1])]
-    if not groups:
-        raise ValueError("nothing to show")
-    towers = int(groups[0][1].shape[1])
-    lines = [max(1, math.ceil(len(g[1]) / columns)) for g in groups]
-    cell_w, cell_h = 1.25 * min(towers, 2), 1.25 * min(towers, 2) / towers + 0.35
-    fig = plt.figure(figsize=(columns * cell_w, sum(n * cell_h + 0.45 for n in lines)), dpi=100)
-    subfigs = fig.subfigures(len(groups), 1, height_ratios=[n * cell_h + 0.45 for n in lines], squeeze=False)
-    for sf, (title, images, captions), n in zip(subfigs[:, 0], groups, lines):
-        sf.suptitle(title, fontsize=11, x=0.01, ha="left")
-        axes = sf.subplots(n, columns, squeeze=False).ravel()
-        sf.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.85 if n == 1 else 0.9, wspace=0.08)
-        for ax in axes:
-            ax.set_axis_off()
-        for ax, img, cap in zip(axes, images, captions):
-            gap = np.full((img.shape[1], max(1, img.shape[2] // 20), 3), 255, np.uint8)
-            parts = [img[0]]
-            for t in range(1, img.shape[0]):
-                parts += [gap, img[t]]
-            ax.imshow(np.concatenate(parts, axis=1), interpolation="nearest")
-            ax.set_title(cap, fontsize=7)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

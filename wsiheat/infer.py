@@ -30,6 +30,9 @@ name by default); every file is written atomically:
 * ``NAME_heatmap.tif``: tiled pyramidal RGB TIFF, one pixel per cell, aligned
   with the slide's top-left corner (readable by OpenSlide, QuPath, tifffile);
 * ``NAME_lesions.csv``: ``prob,x,y`` rows (level-0 px, no header);
+* ``NAME_lesions.png``: the 16 most probable lesion candidates, each a view
+  of 6 cells around it with the scored cell outlined, captioned with rank,
+  probability and level-0 position, to check before opening a viewer;
 * ``NAME.json``: the slide summary (score = max probability, ...), written last.
 """
 
@@ -52,11 +55,14 @@ import numpy as np
 from . import __version__
 from .errors import WsiheatError
 from .fileio import atomic_path, check_writable_dir
+from .gallery import plot_gallery
 from .sampling import Grid, WindowSpec, window_origin
 from .slide import DOWNSAMPLE_TOLERANCE, Slide
 
 #: Output file suffixes, in the order they are written (the JSON last).
-OUTPUT_SUFFIXES = (".h5", ".png", "_overlay.png", "_heatmap.tif", "_lesions.csv", ".json")
+OUTPUT_SUFFIXES = (".h5", ".png", "_overlay.png", "_heatmap.tif", "_lesions.csv", "_lesions.png", ".json")
+#: lesion candidates shown in ``NAME_lesions.png``, and the side of each view in cells
+GALLERY_LESIONS, GALLERY_CONTEXT_CELLS, GALLERY_PIXELS = 16, 6, 160
 HEATMAP_FORMAT = "wsiheat-heatmap"
 COLORMAP = "inferno"
 
@@ -402,6 +408,43 @@ def lesions_from_heatmap(prob: np.ndarray, tissue: np.ndarray | None, cell0: flo
     return np.asarray(out, np.float64).reshape(-1, 3)
 
 
+def lesion_views(slide: Slide, lesions: np.ndarray, cell0: float, context_cells: float = GALLERY_CONTEXT_CELLS,
+                 size: int = GALLERY_PIXELS) -> np.ndarray:
+    """Views of the slide around lesion points, the scored cell outlined.
+
+    Parameters
+    ----------
+    slide : Slide
+    lesions : ndarray (K, 3)
+        Rows ``(prob, x, y)`` in level-0 pixels (:func:`lesions_from_heatmap`).
+    cell0 : float
+        Cell size in level-0 pixels.
+    context_cells : float
+        Side of each view in cells.
+    size : int
+        Side of each view in pixels.
+
+    Returns
+    -------
+    ndarray uint8 (K, 1, size, size, 3)
+        One tower per view, for :func:`wsiheat.gallery.plot_gallery`.
+    """
+    side0 = float(context_cells) * float(cell0)
+    d = side0 / size
+    half = 0.5 * float(cell0) / d  # half the cell, in view pixels
+    lo, hi = int(round(size / 2 - half)), int(round(size / 2 + half))  # outline: [lo, hi)
+    lo, hi = max(0, lo), min(size, max(hi, lo + 4))
+    t = 2  # line width in view pixels
+    out = np.empty((len(lesions), 1, size, size, 3), np.uint8)
+    for i, (_, x, y) in enumerate(np.asarray(lesions, np.float64).reshape(-1, 3)):
+        v = slide.read_scaled((x - side0 / 2, y - side0 / 2), d, (size, size))
+        for r0, r1, c0, c1 in ((lo, lo + t, lo, hi), (hi - t, hi, lo, hi),
+                               (lo, hi, lo, lo + t), (lo, hi, hi - t, hi)):
+            v[r0:r1, c0:c1] = (0, 200, 255)  # cyan outline of the scored cell
+        out[i, 0] = v
+    return out
+
+
 def slide_scores(prob: np.ndarray, tissue: np.ndarray, cell0: float, mpp: float | None,
                  topk: int = 10, area_threshold: float = 0.5) -> dict:
     """Slide-level figures: max, top-k mean, tumor area above a threshold.
@@ -726,6 +769,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
             nms_radius = nms_radius_um / mpp
         lesions = lesions_from_heatmap(prob, tissue, cell0, lesion_threshold, nms_radius)
         scores = slide_scores(prob, tissue, cell0, mpp, topk, area_threshold)
+        views = lesion_views(slide, lesions[:GALLERY_LESIONS], cell0)
         thumb, thumb_ds = slide.thumbnail(thumbnail_size)
         dims = list(slide.dimensions)
         slide_name, slide_file = slide.name, str(slide.path)
@@ -751,6 +795,11 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
     write_pyramid_tiff(paths["_heatmap.tif"], colorize(prob, tissue), cell0, mpp,
                        {"slide": slide_name, "slide_dimensions": dims, "origin": [0, 0]})
     write_lesions_csv(paths["_lesions.csv"], lesions)
+    plot_gallery(paths["_lesions.png"], [(
+        f"{slide_name}: {len(views)} most probable of {len(lesions)} lesion candidate(s), "
+        f"p >= {lesion_threshold:g} (views of {GALLERY_CONTEXT_CELLS} cells, scored cell outlined)",
+        views, [f"#{i + 1}  p = {p:.3f}\nx {x:.0f}, y {y:.0f}" for i, (p, x, y) in enumerate(lesions[:len(views)])])],
+        empty_text=f"{slide_name}: no lesion candidate at p >= {lesion_threshold:g}")
     seconds = time.perf_counter() - t_start
     n = int(len(rows))
     summary = {
