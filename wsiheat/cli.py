@@ -713,7 +713,9 @@ def demo_cmd(data_dir: str, out_dir: str, quick: bool, weights: str, epochs: int
     click.echo("Overlays (heatmap over the slide):")
     for p in s["overlays"]:
         click.echo(f"  {p}")
-    click.echo(f"Reports: {s['reports']}/  (patches/, slides/, froc/: JSON, ROC/FROC plots, tables)")
+    click.echo("Lesion candidates in context: NAME_lesions.png beside each overlay")
+    click.echo(f"Reports: {s['reports']}/  (patches/, slides/, froc/: JSON, ROC/FROC plots, tables;"
+               f" patches/patch_errors.png shows the most confident mistakes)")
     click.echo(f"Summary: {Path(out_dir) / 'demo_summary.json'}")
 def _parse_grid(text: str) -> tuple[int, int]:
     rows, sep, cols = text.lower().partition("x")
