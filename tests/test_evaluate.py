@@ -440,6 +440,22 @@ def test_cli_froc_end_to_end(tmp_path, capsys):
     lesions = (out / "froc_lesions.csv").read_text().splitlines()
     assert len(lesions) == 4  # header + L1, L2, ITC
     assert not list(out.glob(".*part*"))
+    # ground-truth files after RESULTS (as a shell glob gives them) instead of -g: the same report
+    out2 = tmp_path / "eval2"
+    code, _, err = run_cli(["evaluate", "froc", str(res), *sorted(str(p) for p in gt.glob("*_Mask.png")),
+                            "-o", str(out2)], capsys)
+    assert code == 0, err
+    rep2 = json.loads((out2 / "froc_report.json").read_text())
+    assert rep2["froc_score"] == rep["froc_score"] and rep2["per_slide"] == rep["per_slide"]
+    assert len(rep2["ground_truth"]) == 2
+    code, _, err = run_cli(["evaluate", "froc", str(res), "-o", str(out2)], capsys)
+    assert code == 2 and "no ground truth" in err
+    # the same for slide AUC: a slide is tumor when its mask marks tumor
+    code, _, err = run_cli(["evaluate", "slides", str(res), *sorted(str(p) for p in gt.glob("*_Mask.png")),
+                            "-o", str(tmp_path / "es")], capsys)
+    assert code == 0, err
+    srep = json.loads((tmp_path / "es" / "slide_report.json").read_text())
+    assert srep["n"] == 2 and srep["n_tumor"] == 1
     # a reference CSV lets the normal slide go without ground truth
     (gt / "B_Mask.png").unlink()
     ref = tmp_path / "ref.csv"

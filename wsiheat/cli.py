@@ -613,6 +613,7 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
 
 @evaluate_group.command("slides")
 @click.argument("results", type=click.Path())
+@click.argument("more_ground_truth", metavar="[GROUND_TRUTH]...", nargs=-1, type=click.Path())
 @click.option("--reference", "-r", type=click.Path(dir_okay=False),
               help="CSV 'slide,label' (0/1 or Normal/Tumor; CAMELYON16 reference.csv works).")
 @click.option("--ground-truth", "-g", multiple=True, type=click.Path(),
@@ -626,14 +627,18 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
 @click.option("--score", "score_field", default="score", show_default=True,
               type=click.Choice(["score", "topk_mean"]),
               help="Slide score to rank by: 'score' = maximum probability, 'topk_mean' = mean of the top-k cells.")
-def evaluate_slides_cmd(results: str, reference: str | None, ground_truth: tuple[str, ...], out_dir: str,
-                        n_boot: int, seed: int, score_field: str) -> None:
+def evaluate_slides_cmd(results: str, more_ground_truth: tuple[str, ...], reference: str | None,
+                        ground_truth: tuple[str, ...], out_dir: str, n_boot: int, seed: int,
+                        score_field: str) -> None:
     """Slide-level ROC AUC (bootstrap 95% CI) from heatmap results.
 
     RESULTS is the heatmap output folder (NAME.json with 'score') or a CSV
-    'slide,score'. Writes slide_report.json, slide_roc.png, slide_table.csv.
+    'slide,score'. Ground truth files may follow RESULTS (a shell glob) or
+    come with -g. Writes slide_report.json, slide_roc.png, slide_table.csv.
     """
     from .evaluate import evaluate_slides
+
+    ground_truth = tuple(ground_truth) + tuple(more_ground_truth)
 
     rep = evaluate_slides(results, out_dir, reference=reference, ground_truth=list(ground_truth) or None,
                           n_boot=n_boot, seed=seed, score=score_field)
@@ -645,7 +650,8 @@ def evaluate_slides_cmd(results: str, reference: str | None, ground_truth: tuple
 
 @evaluate_group.command("froc")
 @click.argument("results", type=click.Path())
-@click.option("--ground-truth", "-g", multiple=True, required=True, type=click.Path(),
+@click.argument("more_ground_truth", metavar="[GROUND_TRUTH]...", nargs=-1, type=click.Path())
+@click.option("--ground-truth", "-g", multiple=True, type=click.Path(),
               help="Ground-truth file or folder (NAME_Mask.tif, NAME.xml, NAME.json, NAME.geojson). Repeatable.")
 @click.option("--reference", "-r", type=click.Path(dir_okay=False),
               help="CSV 'slide,label': slides labeled normal need no ground-truth file.")
@@ -657,15 +663,21 @@ def evaluate_slides_cmd(results: str, reference: str | None, ground_truth: tuple
 @click.option("--allow-empty", is_flag=True, help="Count an empty detection file as a slide without detections.")
 @click.option("--out-dir", "-o", default="evaluation", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (created if missing).")
-def evaluate_froc_cmd(results: str, ground_truth: tuple[str, ...], reference: str | None, mpp: float,
-                      level: int, allow_empty: bool, out_dir: str) -> None:
+def evaluate_froc_cmd(results: str, more_ground_truth: tuple[str, ...], ground_truth: tuple[str, ...],
+                      reference: str | None, mpp: float, level: int, allow_empty: bool, out_dir: str) -> None:
     """Lesion-level FROC exactly as CAMELYON16's Evaluation_FROC.py.
 
     RESULTS is a folder of detection CSVs (NAME_lesions.csv from heatmap, or
     NAME.csv as submitted to CAMELYON16; rows prob,x,y in level-0 pixels) or
-    one CSV. Writes froc_report.json, froc.png, froc_curve.csv, froc_lesions.csv.
+    one CSV. Ground truth files/folders follow RESULTS (a shell glob works) or
+    come with -g. Writes froc_report.json, froc.png, froc_curve.csv,
+    froc_lesions.csv.
     """
     from .evaluate import evaluate_froc
+
+    ground_truth = tuple(ground_truth) + tuple(more_ground_truth)
+    if not ground_truth:
+        raise click.UsageError("no ground truth: give files or folders after RESULTS, or -g FILE")
 
     rep = evaluate_froc(results, list(ground_truth), out_dir, reference=reference, mpp=mpp, level=level,
                         allow_empty=allow_empty)
