@@ -367,6 +367,25 @@ def test_monitor_picks_the_best_epoch(patches, tmp_path, monitor):
         tiny_cfg(monitor="accuracy").validate()
 
 
+def test_weights_from_a_model_with_another_window(patches, tmp_path):
+    """Progressive resizing: a model trained on 16 px windows starts a 24 px one (same weights)."""
+    from wsiheat.model import build_model, load_model, read_metadata
+    from wsiheat.train import train
+
+    small = tmp_path / "small.keras"
+    train(patches, small, tiny_cfg(epochs=1), progress=False)
+    images, labels, slide_ids, slides = make_data(window=24, seed=5)
+    big_data = write_patches(tmp_path / "big.h5", images, labels, slide_ids, slides)
+    old, _ = load_model(small)
+    fresh = build_model(2, 24, weights=str(small), backbone="tiny")
+    for a, b in zip(fresh.get_weights(), old.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    big = tmp_path / "big.keras"
+    s = train(big_data, big, tiny_cfg(epochs=1, weights=str(small)), progress=False)
+    assert s["epochs"] == 1 and read_metadata(big)["window"] == 24
+    assert read_metadata(big)["weights"] == str(small)
+
+
 def test_cli_train_with_val_file_and_sampling(tmp_path, capsys):
     images, labels, slide_ids, slides = make_data(seed=2)
     tr = write_patches(tmp_path / "tr.h5", images, labels, slide_ids, slides)
