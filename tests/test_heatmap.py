@@ -136,9 +136,12 @@ def test_hot_cells_match_tumor_region(data, tmp_path, key, cell0):
         les = np.array([[float(v) for v in row] for row in csv.reader(f)])
     assert len(les) >= 1 and les.shape[1] == 3
     assert _inside(les[:, 1], les[:, 2], TUMOR).all()
-    assert np.all(np.diff(les[:, 0]) <= 0) and les[0, 0] == pytest.approx(p.max(), abs=1e-6)
-    # summary
-    assert summary["score"] == pytest.approx(float(p.max()), abs=1e-6) and summary["score"] > 0.99
+    sm = infer.smooth_heatmap(p, t, summary["smooth"])
+    assert summary["smooth"] == infer.SMOOTH_SIGMA > 0
+    assert np.all(np.diff(les[:, 0]) <= 0) and les[0, 0] == pytest.approx(sm.max(), abs=1e-6)
+    # summary: the score is the maximum of the smoothed map, the raw maximum is kept beside it
+    assert summary["score"] == pytest.approx(float(sm.max()), abs=1e-6) and summary["score"] > 0.8
+    assert summary["max_probability"] == pytest.approx(float(p.max()), abs=1e-6) and summary["max_probability"] > 0.99
     assert summary["cells_evaluated"] == int(t.sum())
 
 
@@ -186,6 +189,30 @@ def test_outputs_exist_and_are_readable(data, tmp_path):
     assert js["patches_per_second"] > 0 and js["model"].endswith("m_ds2.keras")
 
 
+def test_smooth_heatmap_over_tissue_only():
+    rng = np.random.default_rng(0)
+    tissue = np.zeros((20, 30), bool)
+    tissue[2:18, 3:25] = True
+    const = np.where(tissue, 0.7, rng.random(tissue.shape))  # off-tissue values are ignored
+    sm = infer.smooth_heatmap(const, tissue, 1.0)
+    np.testing.assert_allclose(sm[tissue], 0.7)  # renormalised at the tissue border too
+    assert np.all(sm[~tissue] == 0)
+    lone = np.zeros(tissue.shape)
+    lone[10, 10] = 1.0  # one confident cell amid normal tissue is damped below 0.5
+    block = np.zeros(tissue.shape)
+    block[8:13, 15:20] = 1.0  # a 5 x 5 region keeps its centre near 1
+    for sigma in (0.75, 1.0):
+        assert infer.smooth_heatmap(lone, tissue, sigma)[10, 10] < 0.5
+        assert infer.smooth_heatmap(block, tissue, sigma)[10, 17] > 0.95
+    # the value is the Gaussian-weighted mean of the tissue neighbours (hand-computed, sigma 0.75)
+    w = np.exp(-(np.arange(-2, 3)[:, None] ** 2 + np.arange(-2, 3)[None] ** 2) / (2 * 0.75 ** 2))
+    got = infer.smooth_heatmap(lone, tissue, 0.75)[10, 10]
+    assert got == pytest.approx(w[2, 2] / w.sum(), rel=1e-3)
+    np.testing.assert_array_equal(infer.smooth_heatmap(lone, tissue, 0), lone * tissue)
+    with pytest.raises(ValueError, match="sigma"):
+        infer.smooth_heatmap(lone, tissue, -1)
+
+
 def test_lesion_views_show_the_slide_around_each_point(data, tmp_path):
     cell0 = 100.0
     lesions = np.array([[0.9, (TUMOR[0] + TUMOR[2]) / 2, (TUMOR[1] + TUMOR[3]) / 2],  # inside the tumor
@@ -207,11 +234,16 @@ def test_lesion_views_show_the_slide_around_each_point(data, tmp_path):
     from wsiheat.model import load_model
 
     model, meta = load_model(data["models"]["ds2"])
-    infer.heatmap_slide(data["small"], model, meta, tmp_path, batch_size=16)
+    infer.heatmap_slide(data["small"], model, meta, tmp_path, batch_size=16, smooth=0)
     infer.heatmap_slide(data["blank"], model, meta, tmp_path, batch_size=16)
     for n in ("small", "blank"):
         assert Image.open(tmp_path / f"{n}_lesions.png").format == "PNG"
     assert Image.open(tmp_path / "small_lesions.png").size[1] > Image.open(tmp_path / "blank_lesions.png").size[1]
+    # a one-cell tumor is a candidate on the raw map, damped below the threshold once smoothed
+    assert json.loads((tmp_path / "small.json").read_text())["lesions"] >= 1
+    infer.heatmap_slide(data["small"], model, meta, tmp_path, name="small_sm", batch_size=16)
+    sm = json.loads((tmp_path / "small_sm.json").read_text())
+    assert sm["lesions"] == 0 and sm["score"] < 0.5 < sm["max_probability"]
 
 
 def test_tile_reader_matches_sampling_read_windows(data):
@@ -327,7 +359,8 @@ def test_cli_batch_skip_overwrite(data, tmp_path, capsys):
     for n in ("tumor_slide", "small"):
         assert infer.outputs_exist(out, n)
     js = json.loads((out / "small.json").read_text())
-    assert js["score"] > 0.99 and js["geometry"]["cell_size"] == 50.0
+    assert js["max_probability"] > 0.99 and 0.5 < js["score"] < js["max_probability"]  # a small tumor, smoothed
+    assert js["geometry"]["cell_size"] == 50.0 and js["smooth"] == 0.75
     mtime = (out / "small.json").stat().st_mtime_ns
     code, so, se = run_cli(["heatmap", *slides, "-m", data["models"]["ds1"], "--out-dir", out], capsys)
     assert code == 0 and so.count("skipped") == 2
@@ -336,8 +369,10 @@ def test_cli_batch_skip_overwrite(data, tmp_path, capsys):
     code, so, se = run_cli(["heatmap", *slides, "-m", data["models"]["ds1"], "--out-dir", out], capsys)
     assert code == 0 and so.count("skipped") == 1 and "small: score" in so
     code, so, se = run_cli(["heatmap", data["small"], "-m", data["models"]["ds1"], "--out-dir", out,
-                            "--overwrite", "--tta"], capsys)
+                            "--overwrite", "--tta", "--smooth", "0"], capsys)
     assert code == 0 and "small: score" in so
+    js = json.loads((out / "small.json").read_text())
+    assert js["smooth"] == 0 and js["score"] == js["max_probability"] > 0.99
     assert (out / "small.json").stat().st_mtime_ns != mtime and json.loads((out / "small.json").read_text())["tta"]
 
 

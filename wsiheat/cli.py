@@ -427,6 +427,9 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
               help="Probability above which a cell counts as tumor area.")
 @click.option("--topk", default=10, show_default=True, type=click.IntRange(min=1),
               help="Cells averaged for the top-k mean score.")
+@click.option("--smooth", default=0.75, show_default=True, type=click.FloatRange(min=0),
+              help="Gaussian sigma in cells of the tissue-only smoothing that locates and ranks lesion "
+                   "points and gives the slide score (max of the smoothed map); 0 = the raw map.")
 @click.option("--downsamples", default=None,
               help="Override the model's tower downsamples (relative to level 0), e.g. '2,4'.")
 @click.option("--progress/--no-progress", default=None,
@@ -434,7 +437,7 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @_scale_options(shards=False)
 def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, readers, block,
                 tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
-                downsamples, progress, **scale) -> int:
+                smooth, downsamples, progress, **scale) -> int:
     """Tumor-probability heatmaps of SLIDES with a trained model.
 
     \b
@@ -467,7 +470,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
                                  dict(batch_size=batch_size, tta=tta, readers=readers, block=block,
                                       tissue_threshold=tissue_threshold, lesion_threshold=lesion_threshold,
                                       nms_radius=nms_radius, nms_radius_um=nms_radius_um,
-                                      area_threshold=area_threshold, topk=topk,
+                                      area_threshold=area_threshold, topk=topk, smooth=smooth,
                                       downsamples=_parse_floats(downsamples, "--downsamples")))
     if output is not None:
         if len(slides) != 1:
@@ -524,6 +527,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
                                   block=block, tissue_threshold=tissue_threshold,
                                   lesion_threshold=lesion_threshold, nms_radius=nms_radius,
                                   nms_radius_um=nms_radius_um, area_threshold=area_threshold, topk=topk,
+                                  smooth=smooth,
                                   downsamples=ds, model_path=model_path, predict=predict, progress=show)
         except WsiheatError as exc:
             failed += 1

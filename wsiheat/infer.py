@@ -33,7 +33,8 @@ name by default); every file is written atomically:
 * ``NAME_lesions.png``: the 16 most probable lesion candidates, each a view
   of 6 cells around it with the scored cell outlined, captioned with rank,
   probability and level-0 position, to check before opening a viewer;
-* ``NAME.json``: the slide summary (score = max probability, ...), written last.
+* ``NAME.json``: the slide summary (``score`` = maximum of the smoothed map,
+  ``max_probability`` = maximum of the raw map, ...), written last.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ from .slide import DOWNSAMPLE_TOLERANCE, Slide
 
 #: Output file suffixes, in the order they are written (the JSON last).
 OUTPUT_SUFFIXES = (".h5", ".png", "_overlay.png", "_heatmap.tif", "_lesions.csv", "_lesions.png", ".json")
+#: default Gaussian sigma, in cells, of the map that ranks lesions and gives the slide score
+SMOOTH_SIGMA = 0.75
 #: lesion candidates shown in ``NAME_lesions.png``, and the side of each view in cells
 GALLERY_LESIONS, GALLERY_CONTEXT_CELLS, GALLERY_PIXELS = 16, 6, 160
 HEATMAP_FORMAT = "wsiheat-heatmap"
@@ -408,6 +411,41 @@ def lesions_from_heatmap(prob: np.ndarray, tissue: np.ndarray | None, cell0: flo
     return np.asarray(out, np.float64).reshape(-1, 3)
 
 
+def smooth_heatmap(prob: np.ndarray, tissue: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
+    """Gaussian smoothing of a probability map over tissue cells only.
+
+    Each tissue cell becomes the Gaussian-weighted mean of the probabilities
+    of the tissue cells around it (weights renormalised over tissue, so a
+    cell at the tissue border is not pulled towards the background); other
+    cells are 0. A lone confident cell is damped, a region of several
+    confident cells keeps its value: the smoothed map ranks lesions and gives
+    the slide score, the raw map stays in ``NAME.h5``.
+
+    Parameters
+    ----------
+    prob : ndarray (rows, cols)
+        Probabilities (NaN counts as 0).
+    tissue : ndarray of bool (rows, cols)
+    sigma : float
+        Standard deviation in cells; 0 returns the map unchanged (0 off tissue).
+
+    Returns
+    -------
+    ndarray float64 (rows, cols)
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    tissue = np.asarray(tissue, bool)
+    p = np.where(tissue, np.nan_to_num(np.asarray(prob, np.float64)), 0.0)
+    if sigma == 0 or not tissue.any():
+        return p
+    num = gaussian_filter(p, sigma, mode="constant", truncate=3.0)
+    den = gaussian_filter(tissue.astype(np.float64), sigma, mode="constant", truncate=3.0)
+    return np.where(tissue, num / np.maximum(den, 1e-12), 0.0).clip(0.0, 1.0)
+
+
 def lesion_views(slide: Slide, lesions: np.ndarray, cell0: float, context_cells: float = GALLERY_CONTEXT_CELLS,
                  size: int = GALLERY_PIXELS) -> np.ndarray:
     """Views of the slide around lesion points, the scored cell outlined.
@@ -659,6 +697,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
                   readers: int = 2, block: int = 1024, tissue_threshold: float = 0.0,
                   lesion_threshold: float = 0.5, nms_radius: float | None = None,
                   nms_radius_um: float | None = None, area_threshold: float = 0.5, topk: int = 10,
+                  smooth: float = SMOOTH_SIGMA,
                   downsamples: tuple[float, ...] | None = None, model_path: str | None = None,
                   predict: Callable[[np.ndarray], np.ndarray] | None = None,
                   max_cells: int | None = None, thumbnail_size: int = 2048,
@@ -694,6 +733,9 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         Probability at or above which a cell counts as tumor area.
     topk : int
         Cells averaged for ``topk_mean``.
+    smooth : float
+        Sigma in cells of :func:`smooth_heatmap`; the smoothed map gives the
+        lesion points (located and ranked) and ``score``; 0 = the raw map.
     downsamples : tuple of float, optional
         Override the model's tower downsamples (relative to level 0).
     model_path : str, optional
@@ -767,8 +809,14 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
                 raise WsiheatError(f"{slide.path}: no µm/px in the slide metadata; give --nms-radius in "
                                    f"level-0 pixels instead of µm")
             nms_radius = nms_radius_um / mpp
-        lesions = lesions_from_heatmap(prob, tissue, cell0, lesion_threshold, nms_radius)
+        if smooth < 0:
+            raise WsiheatError(f"smoothing sigma must be >= 0 cells, got {smooth}")
+        smoothed = smooth_heatmap(prob, tissue, smooth)
+        lesions = lesions_from_heatmap(smoothed, tissue, cell0, lesion_threshold, nms_radius)
         scores = slide_scores(prob, tissue, cell0, mpp, topk, area_threshold)
+        scores["max_probability"] = scores["score"]  # the raw maximum
+        scores["score"] = float(smoothed[tissue].max()) if tissue.any() else 0.0
+        scores["smooth"] = float(smooth)
         views = lesion_views(slide, lesions[:GALLERY_LESIONS], cell0)
         thumb, thumb_ds = slide.thumbnail(thumbnail_size)
         dims = list(slide.dimensions)
@@ -788,9 +836,10 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         "format": HEATMAP_FORMAT, "schema_version": 1, **geometry,
         "slide": slide_name, "slide_path": slide_file, "slide_dimensions": dims,
         "mpp": float("nan") if mpp is None else float(mpp), "model": str(model_path or ""),
-        "tta": bool(tta), "tissue_threshold": float(tissue_threshold), "wsiheat_version": __version__,
+        "tta": bool(tta), "tissue_threshold": float(tissue_threshold), "smooth": float(smooth),
+        "wsiheat_version": __version__,
     })
-    write_heatmap_png(paths[".png"], prob, tissue, title=f"{slide_name}  max {scores['score']:.3f}")
+    write_heatmap_png(paths[".png"], prob, tissue, title=f"{slide_name}  score {scores['score']:.3f}")
     write_png(paths["_overlay.png"], overlay_image(thumb, thumb_ds, prob, tissue, cell0))
     write_pyramid_tiff(paths["_heatmap.tif"], colorize(prob, tissue), cell0, mpp,
                        {"slide": slide_name, "slide_dimensions": dims, "origin": [0, 0]})
