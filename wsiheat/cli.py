@@ -450,7 +450,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     NAME.h5 (raw probabilities, tissue, geometry), NAME_heatmap.tif
     (pyramidal TIFF aligned to the slide), NAME_lesions.csv (prob,x,y
     level-0 px), NAME_lesions.png (the candidates in context) and NAME.json
-    (score = max probability, ...).
+    (score = max of the smoothed map, see --smooth; ...).
     """
     import warnings
     from pathlib import Path
@@ -630,7 +630,8 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
 @click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
 @click.option("--score", "score_field", default="score", show_default=True,
               type=click.Choice(["score", "topk_mean"]),
-              help="Slide score to rank by: 'score' = maximum probability, 'topk_mean' = mean of the top-k cells.")
+              help="Slide score to rank by: 'score' = maximum of the smoothed heatmap, 'topk_mean' = mean of "
+                   "the top-k cells.")
 def evaluate_slides_cmd(results: str, more_ground_truth: tuple[str, ...], reference: str | None,
                         ground_truth: tuple[str, ...], out_dir: str, n_boot: int, seed: int,
                         score_field: str) -> None:
