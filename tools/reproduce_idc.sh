@@ -14,9 +14,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${1:-idc-run}"
 IDC="${2:-$HERE/../shared/data/idc}"
+[ -d "$IDC" ] || { echo "reproduce_idc.sh: $IDC: no such folder (give IDC_DIR)" >&2; exit 2; }
+IDC="$(cd "$IDC" && pwd)"
 mkdir -p "$WORK"
 cd "$WORK"
-[ -d "$IDC" ] || { echo "reproduce_idc.sh: $IDC: no such folder (give IDC_DIR)" >&2; exit 2; }
 
 step() {  # step NAME COMMAND...: run, print the wall time
   local name="$1"; shift
