@@ -316,6 +316,11 @@ def test_slide_scores_units():
     s = infer.slide_scores(p, t, cell0=10, mpp=0.5, topk=2)
     assert s["tumor_area"] == pytest.approx(50) and s["tumor_area_unit"] == "um^2"
     assert infer.slide_scores(p, np.zeros_like(t), 10, None)["score"] == 0.0
+    # with a smoothed map: its tissue maximum is the score; everything else stays raw
+    sm = np.array([[0.3, 0.5], [0.4, 0.95]])  # the 0.95 lies off tissue
+    s = infer.slide_scores(p, t, cell0=10, mpp=None, topk=2, smoothed=sm)
+    assert s["score"] == pytest.approx(0.5) and s["max_probability"] == pytest.approx(0.9)
+    assert s["topk_mean"] == pytest.approx(0.75) and s["tumor_area"] == 200
 
 
 def test_pyramid_tiff_levels(tmp_path):

@@ -484,25 +484,37 @@ def lesion_views(slide: Slide, lesions: np.ndarray, cell0: float, context_cells:
 
 
 def slide_scores(prob: np.ndarray, tissue: np.ndarray, cell0: float, mpp: float | None,
-                 topk: int = 10, area_threshold: float = 0.5) -> dict:
+                 topk: int = 10, area_threshold: float = 0.5, smoothed: np.ndarray | None = None) -> dict:
     """Slide-level figures: max, top-k mean, tumor area above a threshold.
+
+    Parameters
+    ----------
+    smoothed : ndarray (rows, cols), optional
+        The smoothed map (:func:`smooth_heatmap`) whose maximum is the score;
+        without it the score is the raw maximum. The other figures always
+        come from the raw ``prob``.
 
     Returns
     -------
     dict
-        ``score`` (max probability over tissue, 0 without tissue),
-        ``topk_mean``, ``tumor_area`` (µm² when ``mpp`` is known, else level-0
-        px²), ``tumor_area_unit``, ``tumor_cells``.
+        ``score`` (max of ``smoothed`` or of ``prob`` over tissue, 0 without
+        tissue), ``max_probability`` (raw max), ``topk_mean``, ``tumor_area``
+        (µm² when ``mpp`` is known, else level-0 px²), ``tumor_area_unit``,
+        ``tumor_cells``.
     """
-    p = np.asarray(prob, np.float64)[np.asarray(tissue, bool)]
+    tissue = np.asarray(tissue, bool)
+    p = np.asarray(prob, np.float64)[tissue]
     p = p[np.isfinite(p)]
+    raw_max = float(p.max()) if len(p) else 0.0
+    sm = None if smoothed is None else np.asarray(smoothed, np.float64)[tissue]
     n_tumor = int((p >= area_threshold).sum())
     area = n_tumor * float(cell0) ** 2
     if mpp:
         area *= float(mpp) ** 2
     k = max(1, min(int(topk), len(p))) if len(p) else 0
     return {
-        "score": float(p.max()) if len(p) else 0.0,
+        "score": raw_max if sm is None else (float(sm.max()) if sm.size else 0.0),
+        "max_probability": raw_max,
         "topk": int(topk),
         "topk_mean": float(np.sort(p)[-k:].mean()) if k else 0.0,
         "tumor_area": float(area),
@@ -813,9 +825,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
             raise WsiheatError(f"smoothing sigma must be >= 0 cells, got {smooth}")
         smoothed = smooth_heatmap(prob, tissue, smooth)
         lesions = lesions_from_heatmap(smoothed, tissue, cell0, lesion_threshold, nms_radius)
-        scores = slide_scores(prob, tissue, cell0, mpp, topk, area_threshold)
-        scores["max_probability"] = scores["score"]  # the raw maximum
-        scores["score"] = float(smoothed[tissue].max()) if tissue.any() else 0.0
+        scores = slide_scores(prob, tissue, cell0, mpp, topk, area_threshold, smoothed)
         scores["smooth"] = float(smooth)
         views = lesion_views(slide, lesions[:GALLERY_LESIONS], cell0)
         thumb, thumb_ds = slide.thumbnail(thumbnail_size)
