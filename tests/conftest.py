@@ -6,10 +6,16 @@
   importable as ``from _tiff import write_pyramid_tiff``): small pyramidal
   tiled TIFFs that OpenSlide opens with all their levels.
 * ``pyramid_slide``: a factory fixture writing such a slide into ``tmp_path``.
+* ``loopback_hosts`` / ``run_tf_workers``: a ``TF_CONFIG`` cluster of local
+  processes on 127.0.0.1 (multi-worker training tests).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,3 +69,42 @@ def pyramid_slide(tmp_path: Path):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def loopback_hosts(n: int) -> list[str]:
+    """``n`` distinct free ``127.0.0.1:PORT`` addresses (ports held together while chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def run_tf_workers(argvs: list[list[str]], hosts: list[str], timeout: float, cwd=None,
+                   extra_env: list[dict] | None = None) -> list[str]:
+    """Run one process per worker of a ``TF_CONFIG`` cluster on the CPU; their outputs.
+
+    Worker ``i`` runs ``argvs[i]`` with ``TF_CONFIG`` naming it task ``i`` of
+    ``hosts`` and the repository on ``PYTHONPATH``. Every process must exit 0
+    (the assertion shows the end of a failing one's output); any still running
+    after ``timeout`` seconds or an error is killed.
+    """
+    procs = []
+    try:
+        for i, argv in enumerate(argvs):
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+                       PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                       TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}),
+                       **(extra_env[i] if extra_env else {}))
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd))
+        outs = [p.communicate(timeout=timeout)[0].decode(errors="replace") for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    return outs

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import tifffile
 
 from wsiheat.distributed import (SlideTask, extract_many, read_manifest, run_slides, status_table,
                                  tasks_from_paths, tf_config_workers)
+from conftest import loopback_hosts, run_tf_workers
 from wsiheat.errors import WsiheatError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,12 +291,6 @@ def test_cluster_heatmaps_identical_model_loaded_once(slides, client, model_path
 
 # --- multi-worker training -----------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tf_config_workers():
     cfg = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
     assert tf_config_workers({"TF_CONFIG": json.dumps(cfg)}) == 2
@@ -307,22 +301,8 @@ def test_tf_config_workers():
 
 def test_two_workers_train_with_tf_config(tmp_path):
     """Two local worker processes on 127.0.0.1 train a tiny model with MultiWorkerMirroredStrategy."""
-    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
-    procs = []
-    for i in range(2):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
-                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                   TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}))
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "multiworker_train.py"), str(tmp_path)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-3000:]
+    run_tf_workers([[sys.executable, str(REPO / "tests" / "multiworker_train.py"), str(tmp_path)]] * 2,
+                   loopback_hosts(2), timeout=240)
     reports = [json.loads((tmp_path / f"worker_{i}.json").read_text()) for i in range(2)]
     for r in reports:
         assert r["replicas"] == 2 and "CollectiveAllReduce" in r["strategy"]

@@ -12,29 +12,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import loopback_hosts, run_tf_workers
 from test_train import make_data, write_patches
 
 REPO = Path(__file__).parents[1]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_tf_config_chief_rule():
@@ -93,30 +80,17 @@ def test_cli_train_two_workers_on_loopback(tmp_path):
     from wsiheat.model import load_model
 
     patches = write_patches(tmp_path / "p.h5", *make_data())
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    hosts = loopback_hosts(2)
     outs = [tmp_path / f"machine{i}" / "model.keras" for i in range(2)]
     scratch = [tmp_path / f"tmp{i}" for i in range(2)]
-    procs = []
     for i in range(2):
         outs[i].parent.mkdir()
         scratch[i].mkdir()
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(scratch[i]),
-                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                   TF_CONFIG=json.dumps({"cluster": {"worker": hosts},
-                                         "task": {"type": "worker", "index": i}}))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "wsiheat", "train", str(patches), "-o", str(outs[i]),
-             "--backbone", "tiny", "--weights", "none", "--epochs", "2", "--steps-per-epoch", "3",
-             "--batch-size", "8", "--val-fraction", "0.34"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path))
-    try:
-        logs = [p.communicate(timeout=120)[0].decode(errors="replace") for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    logs = run_tf_workers(
+        [[sys.executable, "-m", "wsiheat", "train", str(patches), "-o", str(outs[i]), "--backbone", "tiny",
+          "--weights", "none", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "8",
+          "--val-fraction", "0.34"] for i in range(2)],
+        hosts, timeout=120, cwd=tmp_path, extra_env=[{"TMPDIR": str(d)} for d in scratch])
     assert "the chief writes" in logs[1] and "2 epoch(s)" in logs[0]
 
     # the chief: model with complete metadata, 2-epoch history, curve PNG, no checkpoint left
