@@ -47,6 +47,21 @@ def test_demo_quick_produces_every_output(tmp_path):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert 0.0 <= summary["patch_auc"] <= 1.0 and 0.0 <= summary["froc"] <= 1.0
     assert len(summary["overlays"]) == len(test_slides) + len(real)
+    # `evaluate tune` at the heatmap defaults reproduces the demo's slide AUC and FROC from the raw maps
+    from wsiheat.slide import Slide
+    with Slide(DATA / "mosaics" / "test" / f"{test_slides[0]}.tif") as s:
+        mpp = s.mpp or 2.5
+    masks = sorted(str(p) for p in (DATA / "mosaics" / "test").glob("*_mask.tif"))
+    r2 = subprocess.run([sys.executable, "-m", "wsiheat", "evaluate", "tune", str(out / "heatmaps"), *masks,
+                         "--mpp", repr(mpp), "--level", "2", "--smooth", "0.75", "--lesion-threshold", "0.5",
+                         "--nms-radius", "4", "-o", str(out / "tune")], capture_output=True, text=True, env=env,
+                        timeout=300)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    row = json.loads((out / "tune" / "tune_report.json").read_text())["rows"][0]
+    assert row["froc"] == pytest.approx(summary["froc"], abs=1e-12)
+    assert row["slide_auc"] == pytest.approx(summary["slide_auc"], abs=1e-12)
+    csv_rows = [len((out / "heatmaps" / f"{n}_lesions.csv").read_text().splitlines()) for n in test_slides]
+    assert row["candidates_per_slide"] == pytest.approx(sum(csv_rows) / len(csv_rows))
     # where to look is printed at the end
     assert "_overlay.png" in r.stdout and "Reports:" in r.stdout
     # no temporary files left anywhere

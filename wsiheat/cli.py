@@ -578,6 +578,7 @@ def evaluate_group() -> None:
       wsiheat evaluate patches --model model.keras --patches test.h5 -o eval/
       wsiheat evaluate slides results/ --reference reference.csv -o eval/
       wsiheat evaluate froc results/ --ground-truth masks/ -o eval/
+      wsiheat evaluate tune val_results/ --ground-truth val_masks/ -o tune/
     """
 
 
@@ -690,6 +691,64 @@ def evaluate_froc_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
     click.echo(f"FROC: {rep['n_slides']} slides ({rep['n_tumor_slides']} with tumor), {rep['n_lesions']} lesions "
                f"({rep['n_itc']} ITC ignored)  score {rep['froc_score']:.4f}")
     click.echo(f"  sensitivity at FPs/slide  {sens}")
+    click.echo(f"report: {out_dir}/{rep['files']['report']}")
+
+
+def _float_list(ctx, param, value: str) -> list[float]:
+    try:
+        vals = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated numbers") from None
+    if not vals:
+        raise click.BadParameter(f"{value!r}: give at least one number")
+    return vals
+
+
+@evaluate_group.command("tune")
+@click.argument("results", type=click.Path())
+@click.argument("more_ground_truth", metavar="[GROUND_TRUTH]...", nargs=-1, type=click.Path())
+@click.option("--ground-truth", "-g", multiple=True, type=click.Path(),
+              help="Ground-truth file or folder (as for evaluate froc). Repeatable.")
+@click.option("--reference", "-r", type=click.Path(dir_okay=False),
+              help="CSV 'slide,label': slides labeled normal need no ground-truth file.")
+@click.option("--mpp", default=0.243, show_default=True, type=float, help="Level-0 pixel size in µm.")
+@click.option("--level", default=5, show_default=True, type=click.IntRange(0, 10), help="Evaluation-mask level.")
+@click.option("--smooth", default="0,0.5,0.75,1,1.5", show_default=True, callback=_float_list,
+              help="Smoothing sigmas to try, cells.")
+@click.option("--lesion-threshold", default="0.5,0.3,0.1", show_default=True, callback=_float_list,
+              help="Lesion-point thresholds to try.")
+@click.option("--nms-radius", default="2,4,6", show_default=True, callback=_float_list,
+              help="Non-maximum suppression radii to try, cells.")
+@click.option("--out-dir", "-o", default="evaluation", show_default=True, type=click.Path(file_okay=False),
+              help="Report folder (created if missing).")
+def evaluate_tune_cmd(results: str, more_ground_truth: tuple[str, ...], ground_truth: tuple[str, ...],
+                      reference: str | None, mpp: float, level: int, smooth: list[float],
+                      lesion_threshold: list[float], nms_radius: list[float], out_dir: str) -> None:
+    """Choose the heatmap post-processing on VALIDATION slides (no model runs).
+
+    Re-scores the raw maps (NAME.h5) of a heatmap folder for every
+    combination of --smooth, --lesion-threshold and --nms-radius and reports
+    the slide AUC (max of the smoothed map) and lesion FROC of each. Pass the
+    best values to `wsiheat heatmap` (--smooth, --lesion-threshold,
+    --nms-radius in level-0 px = cells x cell size). Writes tune_table.csv,
+    tune_report.json, tune.png.
+    """
+    from .evaluate import tune_postprocessing
+
+    ground_truth = tuple(ground_truth) + tuple(more_ground_truth)
+    if not ground_truth and reference is None:
+        raise click.UsageError("no ground truth: give files or folders after RESULTS, or -g FILE")
+    rep = tune_postprocessing(results, list(ground_truth), out_dir, reference=reference, mpp=mpp, level=level,
+                              smooth=smooth, lesion_threshold=lesion_threshold, nms_radius=nms_radius,
+                              progress=sys.stderr.isatty())
+    click.echo(f"tune: {rep['n_slides']} slides ({rep['n_tumor_slides']} with tumor), {len(rep['rows'])} settings; "
+               f"best first:")
+    click.echo(f"  {'smooth':>6} {'threshold':>9} {'radius':>6} {'slide AUC':>9} {'FROC':>6}")
+    for r in rep["rows"][:10]:
+        click.echo(f"  {r['smooth']:>6g} {r['lesion_threshold']:>9g} {r['nms_radius']:>6g} "
+                   f"{r['slide_auc']:>9.4f} {r['froc']:>6.4f}")
+    b = rep["best_slide_auc"]
+    click.echo(f"best slide AUC {b['slide_auc']:.4f} at smooth {b['smooth']:g} (FROC there {b['froc']:.4f})")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 

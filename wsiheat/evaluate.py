@@ -1070,6 +1070,38 @@ def froc_from_arrays(detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
     return FrocResult(score, sens_at, tuple(eval_fps), fps, sens, thr, matches, lesions)
 
 
+def froc_tumor_mask(gt: Any, slide_dimensions: tuple[int, int], level: int = EVALUATION_MASK_LEVEL,
+                    where: str | os.PathLike = "ground truth") -> np.ndarray | None:
+    """The level-``level`` tumor mask of one slide for :func:`froc_from_arrays`.
+
+    Parameters
+    ----------
+    gt : GroundTruth
+        From :func:`wsiheat.annotations.load_ground_truth`.
+    slide_dimensions : (int, int)
+        Level-0 width and height of the slide.
+    level : int
+        Mask level (downsample ``2**level``).
+    where : path-like
+        Named in errors.
+
+    Returns
+    -------
+    ndarray of bool or None
+        ``(ceil(H / 2**level), ceil(W / 2**level))``; None when ``gt`` marks
+        no tumor.
+    """
+    if not gt.has_tumor:
+        return None
+    W, H = (int(v) for v in slide_dimensions)
+    d = 2 ** level
+    ew, eh = gt.extent
+    if ew > math.ceil(W / d) * d or eh > math.ceil(H / d) * d:
+        raise WsiheatError(f"{where}: ground truth covers {ew}x{eh} level-0 pixels, larger than the "
+                           f"slide's {W}x{H}")
+    return gt.tumor_mask(0, 0, math.ceil(W / d), math.ceil(H / d), d)
+
+
 def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.PathLike],
                   out_dir: str | os.PathLike, reference: str | os.PathLike | None = None,
                   mpp: float = CAMELYON16_MPP, level: int = EVALUATION_MASK_LEVEL, allow_empty: bool = False,
@@ -1119,7 +1151,6 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
             raise WsiheatError(f"{gt_where}: no ground truth for tumor slide(s) {_names(missing)} "
                                f"(labeled tumor in {reference})")
     metas = _read_result_jsons(results) if results.is_dir() else {}
-    d = 2 ** level
     detections, masks = {}, {}
     for name in tqdm(sorted(det_files), desc="FROC", unit="slide", disable=None if progress else True):
         # an empty CSV is a legitimate "no lesion" when wsiheat heatmap wrote it and says so
@@ -1145,19 +1176,11 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
             raise WsiheatError(f"{gt_path}: marks tumor but {reference} labels {name} normal")
         if ref is not None and ref[name] == 1 and not gt.has_tumor:
             raise WsiheatError(f"{gt_path}: marks no tumor but {reference} labels {name} tumor")
-        if not gt.has_tumor:
-            masks[name] = None
-            continue
-        if dims is None:
+        if dims is None and gt.has_tumor:
             ew, eh = gt.extent
             W = max(int(ew), int(xs.max()) + 1 if xs.size else 0)
             H = max(int(eh), int(ys.max()) + 1 if ys.size else 0)
-        else:
-            ew, eh = gt.extent
-            if ew > math.ceil(W / d) * d or eh > math.ceil(H / d) * d:
-                raise WsiheatError(f"{gt_path}: ground truth covers {ew}x{eh} level-0 pixels, larger than the "
-                                   f"slide's {W}x{H}")
-        masks[name] = gt.tumor_mask(0, 0, math.ceil(W / d), math.ceil(H / d), d)
+        masks[name] = froc_tumor_mask(gt, (W, H), level, gt_path)
     res = froc_from_arrays(detections, masks, mpp, level)
     out = ensure_out_dir(out_dir)
     files = {"report": "froc_report.json", "plot": "froc.png", "curve": "froc_curve.csv",
@@ -1189,6 +1212,147 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
               [[r["slide"], r["label"], int(r["itc"]), r["x"], r["y"], f"{r['major_axis_um']:.1f}",
                 f"{r['area_um2']:.0f}", "" if r["prob"] is None else repr(r["prob"])] for r in res.lesions])
     write_json(out / files["report"], rep)
+    return rep
+
+
+# =====================================================================================
+# Post-processing choice (on validation slides)
+# =====================================================================================
+
+def postprocess_scores(probabilities: np.ndarray, tissue: np.ndarray, cell_size: float,
+                       origin: tuple[float, float], smooth: float, lesion_threshold: float,
+                       nms_radius_cells: float) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Slide score and lesion detections of one raw map, as ``wsiheat heatmap`` makes them.
+
+    Returns
+    -------
+    score : float
+        Maximum of the smoothed map over tissue (0 without tissue).
+    detections : (probs, xs, ys)
+        Lesion points, level-0 integer coordinates (as in ``NAME_lesions.csv``).
+    """
+    from .infer import lesions_from_heatmap, smooth_heatmap
+
+    tissue = np.asarray(tissue, bool)
+    sm = smooth_heatmap(probabilities, tissue, smooth)
+    les = lesions_from_heatmap(sm, tissue, cell_size, lesion_threshold, nms_radius_cells * cell_size, origin)
+    score = float(sm[tissue].max()) if tissue.any() else 0.0
+    # as written to NAME_lesions.csv (probabilities to 6 decimals) and read back by evaluate froc
+    probs = np.array([float(f"{p:.6f}") for p in les[:, 0]], np.float64)
+    xy = np.round(les[:, 1:]).astype(np.int64)
+    return score, (probs, xy[:, 0], xy[:, 1])
+
+
+def tune_postprocessing(results: str | os.PathLike, ground_truth: Sequence[str | os.PathLike],
+                        out_dir: str | os.PathLike, reference: str | os.PathLike | None = None,
+                        mpp: float = CAMELYON16_MPP, level: int = EVALUATION_MASK_LEVEL,
+                        smooth: Sequence[float] = (0.0, 0.5, 0.75, 1.0, 1.5),
+                        lesion_threshold: Sequence[float] = (0.5, 0.3, 0.1),
+                        nms_radius: Sequence[float] = (2.0, 4.0, 6.0), progress: bool = True) -> dict[str, Any]:
+    """``wsiheat evaluate tune``: slide AUC and FROC of every post-processing setting.
+
+    Re-runs only the heatmap post-processing (:func:`postprocess_scores`) from
+    the raw maps ``NAME.h5`` of a heatmap folder, for every combination of
+    ``smooth`` (sigma, cells), ``lesion_threshold`` and ``nms_radius`` (cells),
+    and scores each with :func:`roc_auc` (slide score = maximum of the
+    smoothed map) and :func:`froc_from_arrays`. No model runs. Use slides of
+    validation patients: a setting chosen on the test slides flatters them.
+
+    Parameters
+    ----------
+    results : path-like
+        Heatmap output folder (``NAME.h5``).
+    ground_truth : list of path-like
+        Ground-truth files/folders (see :func:`find_ground_truth`).
+    out_dir : path-like
+        Report folder: ``tune_table.csv`` (one row per setting),
+        ``tune_report.json`` (best settings, the grid) and ``tune.png``.
+    reference : path-like, optional
+        ``slide,label`` CSV: slides labeled normal need no ground-truth file.
+    mpp, level : float, int
+        As for :func:`evaluate_froc`.
+
+    Returns
+    -------
+    dict
+        The report: ``rows`` (every setting, best FROC first), ``best_froc``,
+        ``best_slide_auc``, slide counts and file names.
+    """
+    from tqdm import tqdm
+
+    from .annotations import load_ground_truth
+    from .infer import read_heatmap
+
+    _check_mpp_level(mpp, level)
+    grid = {"smooth": [float(v) for v in smooth], "lesion_threshold": [float(v) for v in lesion_threshold],
+            "nms_radius": [float(v) for v in nms_radius]}
+    for key, vals in grid.items():
+        if not vals:
+            raise WsiheatError(f"--{key.replace('_', '-')}: give at least one value")
+        if min(vals) < 0 or (key == "lesion_threshold" and max(vals) > 1):
+            raise WsiheatError(f"--{key.replace('_', '-')} {','.join(f'{v:g}' for v in vals)}: values must be "
+                               f"{'in [0, 1]' if key == 'lesion_threshold' else '>= 0'}")
+    results = Path(results)
+    if not results.is_dir():
+        raise WsiheatError(f"{results}: not a folder of heatmap outputs (NAME.h5)")
+    files = {p.stem: p for p in sorted(results.glob("*.h5"))}
+    if not files:
+        raise WsiheatError(f"{results}: no raw heatmap NAME.h5 in this folder")
+    gt_files = find_ground_truth(ground_truth) if ground_truth else {}
+    ref = read_reference_csv(reference) if reference is not None else None
+    gt_where = ", ".join(str(g) for g in ground_truth) if ground_truth else "ground truth"
+    extra = sorted(set(gt_files) - set(files))
+    if extra:
+        raise WsiheatError(f"{gt_where}: ground truth for {_names(extra)} which {results} has no heatmap for")
+    maps, masks = {}, {}
+    for name in tqdm(sorted(files), desc="tune: read", unit="slide", disable=None if progress else True):
+        hm = read_heatmap(files[name])
+        try:
+            W, H = (int(v) for v in hm.attrs["slide_dimensions"])
+        except (KeyError, TypeError, ValueError):
+            raise WsiheatError(f"{files[name]}: no slide_dimensions attribute (not written by wsiheat "
+                               f"heatmap?)") from None
+        if name in gt_files:
+            gt = load_ground_truth(gt_files[name], (W, H))
+            masks[name] = froc_tumor_mask(gt, (W, H), level, gt_files[name])
+        elif ref is not None and ref.get(name) == 0:
+            masks[name] = None
+        else:
+            raise WsiheatError(f"{gt_where}: no ground truth for slide {name!r} ({files[name]})"
+                               + ("" if ref is None else f" and {reference} does not label it normal"))
+        if ref is not None and name in ref and ref[name] != int(masks[name] is not None):
+            raise WsiheatError(f"{reference}: labels {name} {'tumor' if ref[name] else 'normal'} but its ground "
+                               f"truth says otherwise")
+        maps[name] = hm
+    names = sorted(maps)
+    labels = np.array([int(masks[n] is not None) for n in names])
+    rows = []
+    combos = [(s, t, r) for s in grid["smooth"] for t in grid["lesion_threshold"] for r in grid["nms_radius"]]
+    for s, t, r in tqdm(combos, desc="tune", unit="setting", disable=None if progress else True):
+        scores, detections = [], {}
+        for n in names:
+            hm = maps[n]
+            sc, detections[n] = postprocess_scores(hm.probabilities, hm.tissue, hm.cell_size, hm.origin, s, t, r)
+            scores.append(sc)
+        auc = roc_auc(labels, np.asarray(scores)) if 0 < labels.sum() < len(labels) else float("nan")
+        fr = froc_from_arrays(detections, masks, mpp, level)
+        rows.append({"smooth": s, "lesion_threshold": t, "nms_radius": r, "slide_auc": auc, "froc": fr.score,
+                     **{f"sensitivity_at_{f:g}": float(v) for f, v in zip(fr.eval_fps, fr.sensitivities)},
+                     "candidates_per_slide": float(np.mean([len(d[0]) for d in detections.values()]))})
+    # best first: FROC, then slide AUC, then the least smoothing / the highest threshold (simplest)
+    rows.sort(key=lambda r: (-r["froc"], -np.nan_to_num(r["slide_auc"], nan=-1.0), r["smooth"],
+                             -r["lesion_threshold"], r["nms_radius"]))
+    best_auc = max(rows, key=lambda r: (np.nan_to_num(r["slide_auc"], nan=-1.0), r["froc"]))
+    out = ensure_out_dir(out_dir)
+    files_out = {"table": "tune_table.csv", "report": "tune_report.json", "plot": "tune.png"}
+    cols = list(rows[0])
+    write_csv(out / files_out["table"], cols, [[repr(float(r[c])) for c in cols] for r in rows])
+    plot_tuning(out / files_out["plot"], rows, grid)
+    rep = {"n_slides": len(names), "n_tumor_slides": int(labels.sum()), "mpp": mpp, "level": level,
+           "grid": grid, "best_froc": rows[0], "best_slide_auc": best_auc, "rows": rows,
+           "results": str(results), "ground_truth": [str(g) for g in ground_truth] if ground_truth else [],
+           "reference": str(reference) if reference is not None else None, "files": files_out}
+    write_json(out / files_out["report"], rep)
     return rep
 
 
@@ -1226,6 +1390,29 @@ def plot_froc(path: str | os.PathLike, fps: np.ndarray, sens: np.ndarray, eval_f
     ax.set_xticklabels(["0", "0.25", "0.5", "1", "2", "4", "8"])
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
+    _save(fig, path)
+
+
+def plot_tuning(path: str | os.PathLike, rows: Sequence[dict[str, Any]], grid: dict[str, list[float]]) -> None:
+    """FROC and slide AUC against the smoothing sigma, one line per threshold and radius."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100)
+    sig = sorted(grid["smooth"])
+    for i, (t, r) in enumerate((t, r) for t in grid["lesion_threshold"] for r in grid["nms_radius"]):
+        sel = {row["smooth"]: row for row in rows if row["lesion_threshold"] == t and row["nms_radius"] == r}
+        style = dict(marker="o", color=f"C{i % 10}", label=f"threshold {t:g}, radius {r:g} cells")
+        axes[0].plot(sig, [sel[s]["froc"] for s in sig], **style)
+    auc = {row["smooth"]: row["slide_auc"] for row in rows}  # does not depend on threshold / radius
+    axes[1].plot(sig, [auc[s] for s in sig], marker="o", color="k")
+    axes[0].set(xlabel="smoothing sigma (cells)", ylabel="FROC", title="Lesion FROC", ylim=(0, 1.01))
+    axes[1].set(xlabel="smoothing sigma (cells)", ylabel="slide AUC", title="Slide AUC (max of smoothed map)",
+                ylim=(0, 1.01))
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=7)
     _save(fig, path)
 
 
