@@ -435,3 +435,15 @@ def test_library_errors(data, tmp_path):
         infer.heatmap_slide(data["small"], model, bad_meta, tmp_path)
     with pytest.raises(WsiheatError, match="µm/px"):
         infer.heatmap_slide(data["small"], model, meta, tmp_path, nms_radius_um=50)
+
+
+def test_cli_defaults_match_the_library():
+    """The CLI repeats a few library defaults (to keep start-up light); they must not drift apart."""
+    from wsiheat.cli import cli
+
+    opts = {p.name: p.default for p in cli.commands["heatmap"].params}
+    assert opts["smooth"] == infer.SMOOTH_SIGMA
+    sig = __import__("inspect").signature(infer.heatmap_slide).parameters
+    for name in ("batch_size", "readers", "block", "tissue_threshold", "lesion_threshold", "area_threshold",
+                 "topk", "smooth"):
+        assert opts[name] == sig[name].default, name
