@@ -325,3 +325,46 @@ def test_cli_mosaic(idc, tmp_path, capsys):
     with pytest.raises(SystemExit) as ei:
         cli_main(["mosaic", str(tmp_path / "nope"), "-o", str(out)])
     assert ei.value.code == 2 and "no such folder" in capsys.readouterr().err
+
+
+def test_cli_mosaic_from_a_models_validation_patients(idc, patients, tmp_path, capsys):
+    """--val-patients-of: mosaics of exactly the patients `wsiheat train` held out for validation."""
+    from wsiheat.model import read_metadata, save_model
+
+    sub = tmp_path / "idc"
+    sub.mkdir()
+    for p in patients:
+        (sub / p).symlink_to((idc / p).resolve())
+
+    def run(argv):
+        with pytest.raises(SystemExit) as ei:
+            cli_main(argv)
+        out, err = capsys.readouterr()
+        return ei.value.code, out, err
+
+    code, _, err = run(["import", str(sub), "-o", str(tmp_path / "p.h5"), "--window", "32"])
+    assert code == 0, err
+    code, _, err = run(["train", str(tmp_path / "p.h5"), "-o", str(tmp_path / "m.keras"), "--weights", "none",
+                        "--backbone", "tiny", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8",
+                        "--val-fraction", "0.34", "--seed", "0"])
+    assert code == 0, err
+    val = read_metadata(tmp_path / "m.keras")["training_data"]["val_slides"]
+    assert val and set(val) < set(patients)
+    out = tmp_path / "mos"
+    code, _, err = run(["mosaic", str(sub), "-o", str(out), "--val-patients-of", str(tmp_path / "m.keras"),
+                        "--slides", "2", "--normal", "1", "--grid", "12x12", "--islands", "1"])
+    assert code == 0, err
+    split = json.loads((out / "split.json").read_text())
+    assert split["patients"] == sorted(val) and split["split"] == "val"
+    for name in ("val_tumor_001", "val_normal_001"):
+        assert {p.split("/")[0] for p in read_layout(out / f"{name}.json")["patches"]} <= set(val)
+    # user mistakes: both ways of naming patients; a model without recorded validation slides
+    code, _, err = run(["mosaic", str(sub), "-o", str(out), "--val-patients-of", str(tmp_path / "m.keras"),
+                        "--patients", patients[0]])
+    assert code == 2 and "not both" in err
+    import keras
+    inp = keras.Input((1,))
+    save_model(keras.Model(inp, keras.layers.Dense(1)(inp)), tmp_path / "bare.keras",
+               {"window": 32, "center": 32, "stride": 32, "downsamples": [1.0], "towers": 1})
+    code, _, err = run(["mosaic", str(sub), "-o", str(out), "--val-patients-of", str(tmp_path / "bare.keras")])
+    assert code == 2 and "bare.keras" in err and "no validation slides" in err and len(err.strip().splitlines()) == 1

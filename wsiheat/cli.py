@@ -819,6 +819,10 @@ def _parse_grid(text: str) -> tuple[int, int]:
               help="Seed of the patient split (keep it equal to the one used for training).")
 @click.option("--patients", default=None,
               help="Comma-separated patient IDs to use instead of a split.")
+@click.option("--val-patients-of", "val_model", default=None, type=click.Path(dir_okay=False),
+              help="Use the validation patients recorded in this model (wsiheat train's by-patient "
+                   "validation split of an imported IDC file): slides for choosing post-processing "
+                   "(evaluate tune) without touching the test patients.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Layout seed.")
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Cell size factor: 50 px patches become round(50*scale) px cells.")
@@ -832,7 +836,7 @@ def _parse_grid(text: str) -> tuple[int, int]:
               show_default=True, help="Slide tile compression (masks are always deflate).")
 @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
 def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, split_seed, patients,
-               seed, scale, grid, n_islands, n_tumors, compression, quality) -> None:
+               val_model, seed, scale, grid, n_islands, n_tumors, compression, quality) -> None:
     """Build mosaic slides of real tissue from labeled IDC patches.
 
     IDC_DIR holds PATIENT/CLASS/*.png patches (class 1 = tumor). Writes into
@@ -850,6 +854,18 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
     from .mosaic import build_mosaic_set, parse_fractions, split_patients
 
     record: dict = {"seed": seed}
+    if val_model is not None:
+        if patients:
+            raise click.UsageError("give --patients or --val-patients-of, not both")
+        from .model import read_metadata
+
+        val = (read_metadata(val_model).get("training_data") or {}).get("val_slides") or []
+        if not val:
+            raise WsiheatError(f"{val_model}: the model records no validation slides (trained before "
+                               f"wsiheat recorded them?); give --patients")
+        patients = ",".join(val)
+        split = "val" if split == "test" else split
+        record.update(val_patients_of=str(val_model))
     if patients:
         chosen = sorted({p.strip() for p in patients.split(",") if p.strip()})
         if not chosen:
