@@ -19,8 +19,9 @@ from skimage.draw import polygon as draw_polygon
 
 from wsiheat.cli import main as cli_main
 from wsiheat.errors import WsiheatError
-from wsiheat.mosaic import (build_mosaic, build_mosaic_set, level_sizes, list_patches,
-                            list_patients, read_layout, region_outlines, split_patients)
+from wsiheat.mosaic import (build_mosaic, build_mosaic_set, list_patches, list_patients, read_layout,
+                            region_outlines, split_patients)
+from wsiheat.pyramid import level_sizes
 from wsiheat.slide import Slide
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -654,33 +654,21 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, cell0: float, mpp: float | N
     Level 0 has one pixel per heatmap cell, i.e. ``cell0`` level-0 pixels of
     the slide, anchored at the slide's top-left corner. The resolution tags
     hold the pixel size in cm when the slide's µm/px is known; the
-    description (JSON) records ``cell_size`` in level-0 pixels.
+    description (JSON) records ``cell_size`` in level-0 pixels. Lossless
+    (deflate); levels are added until both sides are at most ``min_size``
+    (:func:`wsiheat.pyramid.write_pyramid_array`).
 
     Returns
     -------
     int
         Number of pyramid levels written.
     """
-    import cv2
-    import tifffile
+    from .pyramid import write_pyramid_array
 
     desc = json.dumps({"wsiheat": "heatmap", "cell_size": float(cell0), "mpp": mpp, **(description or {})})
-    levels = [rgb]
-    while max(levels[-1].shape[:2]) > min_size and min(levels[-1].shape[:2]) >= 2:
-        prev = levels[-1]
-        levels.append(cv2.resize(prev, (max(1, prev.shape[1] // 2), max(1, prev.shape[0] // 2)),
-                                 interpolation=cv2.INTER_AREA))
     with atomic_path(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 2 ** 31) as tw:
-            for i, lev in enumerate(levels):
-                kw = {}
-                if mpp:
-                    px_cm = 1e4 / (cell0 * mpp * (rgb.shape[1] / lev.shape[1]))
-                    kw = {"resolution": (px_cm, px_cm), "resolutionunit": "CENTIMETER"}
-                tw.write(np.ascontiguousarray(lev), photometric="rgb", tile=(tile, tile),
-                         compression="zlib", description=desc if i == 0 else None,
-                         subfiletype=0 if i == 0 else 1, metadata=None, **kw)
-    return len(levels)
+        return write_pyramid_array(tmp, rgb, compression="deflate", mpp=cell0 * mpp if mpp else None,
+                                   description=desc, tile=tile, min_side=min_size)
 
 
 def write_lesions_csv(path: Path, lesions: np.ndarray) -> None:

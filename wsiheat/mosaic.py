@@ -39,24 +39,20 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 from xml.sax.saxutils import quoteattr
 
 import cv2
 import numpy as np
-import tifffile
 
 from .errors import WsiheatError
 from .fileio import atomic_path
+from .pyramid import down2, write_pyramid
 
 #: Nominal side of an IDC patch in pixels.
 PATCH_PX = 50
 #: µm per pixel of the IDC patches (40x scans at ~0.25 µm/px downsampled 16x, "2.5x").
 SOURCE_MPP = 4.0
-#: Tile side of the written TIFFs.
-TILE = 256
-#: Pyramid levels are added (each half the previous) until both sides are at most this.
-MIN_LEVEL_SIDE = 256
 #: Patches whose shorter side is below this fraction of PATCH_PX are skipped (slivers
 #: from the slide border); larger edge patches are resized to the cell size.
 MIN_PATCH_FRACTION = 0.5
@@ -481,122 +477,6 @@ def asap_xml(polygons: Sequence[Sequence[tuple[float, float]]], group: str = "Tu
 
 
 # ------------------------------------------------------------------------------------
-# Pyramidal TIFF writing
-# ------------------------------------------------------------------------------------
-def _encode_jpeg(tile: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB tile
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def _jpeg_placeholder(*args, **kwargs):  # pragma: no cover - never called
-    raise RuntimeError("wsiheat writes JPEG tiles pre-encoded; this encoder is never called")
-
-
-def _ensure_tifffile_jpeg() -> None:
-    """Let tifffile write pre-encoded JPEG tiles without the imagecodecs package.
-
-    tifffile looks the JPEG encoder up even when it is handed already-encoded
-    tiles (which it only copies); without imagecodecs that lookup fails. The
-    tiles here are encoded with OpenCV, so a placeholder that is never called
-    is registered for the lookup.
-    """
-    try:
-        tifffile.TIFF.COMPRESSORS[7]
-    except KeyError:
-        codecs = getattr(tifffile.TIFF.COMPRESSORS, "_codecs", None)
-        if not isinstance(codecs, dict):  # pragma: no cover - other tifffile versions
-            raise WsiheatError("mosaic: JPEG tiles need the 'imagecodecs' package with this "
-                               "tifffile version (pip install imagecodecs), or use deflate") from None
-        codecs[7] = _jpeg_placeholder
-
-
-def level_sizes(width: int, height: int, min_side: int = MIN_LEVEL_SIDE) -> list[tuple[int, int]]:
-    """Pyramid level sizes: level 0, then halved (rounded up) until both sides <= min_side."""
-    sizes = [(int(width), int(height))]
-    while max(sizes[-1]) > min_side:
-        w, h = sizes[-1]
-        sizes.append(((w + 1) // 2, (h + 1) // 2))
-    return sizes
-
-
-def _down2(a: np.ndarray) -> np.ndarray:
-    """2x2 area average of an array with even height and width (uint8)."""
-    h, w = a.shape[:2]
-    s = a.reshape(h // 2, 2, w // 2, 2, *a.shape[2:]).astype(np.uint16).sum(axis=(1, 3))
-    return ((s + 2) // 4).astype(np.uint8)
-
-
-def write_pyramid(path: str | os.PathLike, render: Callable[[int, int, int, int, int], np.ndarray],
-                  size: tuple[int, int], channels: int, *, compression: str = "jpeg",
-                  quality: int = 90, mpp: float | None = None, description: str | None = None,
-                  progress: Callable[[], None] | None = None) -> int:
-    """Write a pyramidal tiled TIFF that OpenSlide reads as a generic tiled TIFF.
-
-    One page per level (level 0 first, each next level half the size, until
-    both sides are at most :data:`MIN_LEVEL_SIDE`), 256 x 256 tiles. Memory
-    stays bounded: tiles are rendered one at a time.
-
-    Parameters
-    ----------
-    path : path
-        Output file (written as is; wrap in :func:`wsiheat.fileio.atomic_path`).
-    render : callable
-        ``render(level, x, y, w, h) -> (h, w[, channels]) uint8``: the pixels
-        of level ``level`` (level coordinates, may extend past the edge).
-    size : (width, height)
-        Level-0 size.
-    channels : int
-        3 (RGB) or 1 (grey).
-    compression : {"jpeg", "deflate"}
-        JPEG (YCbCr 4:2:0, RGB only) or lossless deflate.
-    quality : int
-        JPEG quality.
-    mpp : float, optional
-        Level-0 µm per pixel, written as TIFF resolution (OpenSlide reports
-        it as ``openslide.mpp-x``/``-y``).
-    description : str, optional
-        ImageDescription of level 0 (OpenSlide's ``openslide.comment``).
-
-    Returns
-    -------
-    int
-        Number of levels written.
-    """
-    if compression not in ("jpeg", "deflate"):
-        raise WsiheatError(f"mosaic: compression must be 'jpeg' or 'deflate', got {compression!r}")
-    if compression == "jpeg" and channels != 3:
-        raise ValueError("JPEG compression is for RGB pyramids only")
-    sizes = level_sizes(*size)
-    if compression == "jpeg":
-        _ensure_tifffile_jpeg()
-    with tifffile.TiffWriter(path, bigtiff=False) as tw:
-        for level, (w, h) in enumerate(sizes):
-            def tiles(level: int = level, w: int = w, h: int = h) -> Iterator[np.ndarray | bytes]:
-                for y in range(0, h, TILE):
-                    for x in range(0, w, TILE):
-                        t = render(level, x, y, TILE, TILE)
-                        if progress is not None:
-                            progress()
-                        yield _encode_jpeg(t, quality) if compression == "jpeg" else t
-            shape = (h, w, 3) if channels == 3 else (h, w)
-            kw: dict = {}
-            if mpp:
-                px_per_cm = 1e4 / (mpp * (2 ** level))
-                kw.update(resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER")
-            if compression == "jpeg":
-                kw.update(compression="jpeg", photometric="ycbcr", subsampling=(2, 2))
-            else:
-                kw.update(compression="zlib", photometric="rgb" if channels == 3 else "minisblack")
-            tw.write(tiles(), shape=shape, dtype=np.uint8, tile=(TILE, TILE),
-                     description=description if level == 0 else None, metadata=None,
-                     subfiletype=0 if level == 0 else 1, **kw)
-    return len(sizes)
-
-
-# ------------------------------------------------------------------------------------
 # Mosaic slides
 # ------------------------------------------------------------------------------------
 @dataclass
@@ -822,7 +702,7 @@ def build_mosaic(idc_dir: str | os.PathLike, patients: Sequence[str], out_slide:
         for by in range(0, 2 * h, h):
             for bx in range(0, 2 * w, w):
                 child = render_slide(level - 1, 2 * x + bx, 2 * y + by, w, h)
-                out[by // 2:(by + h) // 2, bx // 2:(bx + w) // 2] = _down2(child)
+                out[by // 2:(by + h) // 2, bx // 2:(bx + w) // 2] = down2(child)
         return out
 
     tumor_grid = layout.tumor
