@@ -54,6 +54,14 @@ for m in idc160_stage3:160 idc224:224; do
     -o "eval_${m%%:*}_patches" --tta
 done
 
+MPP="$(python3 -c 'print(4 / 4.48)')"  # level-0 µm/px of the scale-4.48 mosaics (50 px patches -> 224 px cells)
+
+# post-processing check on VALIDATION patients only (the 25 the model recorded), never the test ones
+step "validation mosaics" wsiheat mosaic "$IDC" -o mosaics_val --slides 12 --normal 4 --val-patients-of idc224.keras \
+  --seed 5 --scale 4.48 --grid 24x24
+step "validation heatmaps" wsiheat heatmap mosaics_val/val_*[0-9].tif -m idc224.keras --out-dir hm_val
+step "tune (validation)" wsiheat evaluate tune hm_val mosaics_val/*_mask.tif --mpp "$MPP" --level 3 -o tune_val
+
 # slide and lesion level: 12 mosaics of held-out patients (4 without tumor), cells = the model's window
 step "mosaics" wsiheat mosaic "$IDC" -o mosaics_test --slides 12 --normal 4 --split test --seed 5 \
   --scale 4.48 --grid 24x24
@@ -61,5 +69,4 @@ step "heatmaps" wsiheat heatmap mosaics_test/test_*[0-9].tif -m idc224.keras --o
 step "slide AUC (max)" wsiheat evaluate slides hm -r mosaics_test/labels.csv -o eval_slides
 step "slide AUC (top-10 mean)" wsiheat evaluate slides hm -r mosaics_test/labels.csv -o eval_slides_topk \
   --score topk_mean
-step "lesion FROC" wsiheat evaluate froc hm mosaics_test/*_mask.tif --mpp "$(python3 -c 'print(4 / 4.48)')" \
-  --level 3 -o eval_froc
+step "lesion FROC" wsiheat evaluate froc hm mosaics_test/*_mask.tif --mpp "$MPP" --level 3 -o eval_froc
