@@ -654,18 +654,28 @@ def evaluate_slides_cmd(results: str, more_ground_truth: tuple[str, ...], refere
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
+def _lesion_ground_truth_options(f):
+    """RESULTS, ground truth (after RESULTS or -g), --reference, --mpp, --level: shared by froc and tune."""
+    for deco in reversed([
+        click.argument("results", type=click.Path()),
+        click.argument("more_ground_truth", metavar="[GROUND_TRUTH]...", nargs=-1, type=click.Path()),
+        click.option("--ground-truth", "-g", multiple=True, type=click.Path(),
+                     help="Ground-truth file or folder (NAME_Mask.tif, NAME.xml, NAME.json, NAME.geojson). "
+                          "Repeatable."),
+        click.option("--reference", "-r", type=click.Path(dir_okay=False),
+                     help="CSV 'slide,label': slides labeled normal need no ground-truth file."),
+        click.option("--mpp", default=0.243, show_default=True, type=float,
+                     help="Level-0 pixel size in µm (CAMELYON16: 0.243); margins and ITC size scale with it."),
+        click.option("--level", default=5, show_default=True, type=click.IntRange(0, 10),
+                     help="Evaluation-mask level (downsample 2**level). CAMELYON16: 5; use a finer one for small "
+                          "or low-magnification slides (e.g. 3 for the 0.893 µm/px mosaics of 224 px cells)."),
+    ]):
+        f = deco(f)
+    return f
+
+
 @evaluate_group.command("froc")
-@click.argument("results", type=click.Path())
-@click.argument("more_ground_truth", metavar="[GROUND_TRUTH]...", nargs=-1, type=click.Path())
-@click.option("--ground-truth", "-g", multiple=True, type=click.Path(),
-              help="Ground-truth file or folder (NAME_Mask.tif, NAME.xml, NAME.json, NAME.geojson). Repeatable.")
-@click.option("--reference", "-r", type=click.Path(dir_okay=False),
-              help="CSV 'slide,label': slides labeled normal need no ground-truth file.")
-@click.option("--mpp", default=0.243, show_default=True, type=float,
-              help="Level-0 pixel size in µm (CAMELYON16: 0.243); margins and ITC size scale with it.")
-@click.option("--level", default=5, show_default=True, type=click.IntRange(0, 10),
-              help="Evaluation-mask level (downsample 2**level). CAMELYON16: 5; use a finer one for small "
-                   "or low-magnification slides (e.g. 2 for the 2.5 µm/px mosaics).")
+@_lesion_ground_truth_options
 @click.option("--allow-empty", is_flag=True, help="Count an empty detection file as a slide without detections.")
 @click.option("--out-dir", "-o", default="evaluation", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (created if missing).")
@@ -705,14 +715,7 @@ def _float_list(ctx, param, value: str) -> list[float]:
 
 
 @evaluate_group.command("tune")
-@click.argument("results", type=click.Path())
-@click.argument("more_ground_truth", metavar="[GROUND_TRUTH]...", nargs=-1, type=click.Path())
-@click.option("--ground-truth", "-g", multiple=True, type=click.Path(),
-              help="Ground-truth file or folder (as for evaluate froc). Repeatable.")
-@click.option("--reference", "-r", type=click.Path(dir_okay=False),
-              help="CSV 'slide,label': slides labeled normal need no ground-truth file.")
-@click.option("--mpp", default=0.243, show_default=True, type=float, help="Level-0 pixel size in µm.")
-@click.option("--level", default=5, show_default=True, type=click.IntRange(0, 10), help="Evaluation-mask level.")
+@_lesion_ground_truth_options
 @click.option("--smooth", default="0,0.5,0.75,1,1.5", show_default=True, callback=_float_list,
               help="Smoothing sigmas to try, cells.")
 @click.option("--lesion-threshold", default="0.5,0.3,0.1", show_default=True, callback=_float_list,
