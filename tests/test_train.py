@@ -529,3 +529,26 @@ def test_import_real_idc_sample(tmp_path):
     s = import_patches(sub, tmp_path / "r.h5", progress=False)
     pf = open_patch_file(tmp_path / "r.h5")
     assert s["slides"] == 2 and pf.n == s["patches"] > 10 and set(pf.labels) == {0, 1}
+
+
+def test_bfloat16_training_saves_a_float32_model(patches, tmp_path):
+    import keras
+
+    from wsiheat.model import load_model
+    from wsiheat.train import TrainConfig, resolve_precision, train
+
+    assert resolve_precision("auto", gpus=False) == "float32"
+    assert resolve_precision("auto", gpus=True) == "mixed_float16"
+    with pytest.raises(WsiheatError, match="--precision float8"):
+        TrainConfig(precision="float8").validate()
+    out = tmp_path / "bf.keras"
+    s = train(patches, out, tiny_cfg(epochs=1, precision="mixed_bfloat16"), progress=False)
+    assert np.isfinite(s["val_metrics"]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # reset after training
+    model, meta = load_model(out)
+    assert meta["precision"] == "mixed_bfloat16" and meta["mixed_precision"] is True
+    assert {str(w.dtype) for w in model.weights} == {"float32"}
+    assert {l.dtype_policy.name for l in model.layers if l.weights} == {"float32"}  # no bf16 at inference
+    x = np.random.default_rng(1).integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8)
+    p = model(x)
+    assert "float32" in str(p.dtype) and np.isfinite(np.asarray(p)).all()

@@ -321,13 +321,22 @@ def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, 
               show_default=True, help="tiny: a two-convolution network for smoke tests.")
 @click.option("--memory-budget", type=float, default=None,
               help="GiB of images held in memory (default: 40%% of available); larger files stream.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
+              default="auto", show_default=True,
+              help="auto: mixed_float16 on GPUs, float32 on CPUs. mixed_bfloat16 is faster on CPUs with bf16 "
+                   "instructions (AVX512-BF16/AMX), slower on others. The saved model is float32.")
 def train_cmd(patches, output, val, val_fraction, weights, trainable_from, second_stage_lr,
               second_stage_epochs, epochs, batch_size, steps_per_epoch, lr, lr_decay, patience, monitor,
               seed, balance, resume, no_augment, no_colour, brightness, saturation, hue, contrast,
-              shared_backbone, dropout, backbone, memory_budget) -> None:
+              shared_backbone, dropout, backbone, memory_budget, precision) -> None:
     """Train the multi-tower tumor classifier on an HDF5 patches file."""
+    import warnings
+
     from .dataset import AugmentConfig
     from .train import TrainConfig, train
+
+    # library warnings as one line each, when they happen
+    warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"wsiheat: warning: {message}", err=True)
 
     if no_augment:
         augment = None
@@ -342,7 +351,8 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
                       weights=weights, shared_backbone=shared_backbone, dropout=dropout,
                       backbone=backbone, val_fraction=val_fraction, seed=seed, balance=balance,
                       patience=patience, monitor=monitor, augment=augment,
-                      memory_budget=None if memory_budget is None else int(memory_budget * 2**30))
+                      memory_budget=None if memory_budget is None else int(memory_budget * 2**30),
+                      precision=precision)
     s = train(patches, output, cfg, val=val, resume=resume)
     m = s["val_metrics"]
     if s.get("chief") is False:  # a non-chief multi-worker task: the chief writes the outputs

@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class TrainConfig:
     monitor: str = "val_loss"
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     memory_budget: int | None = None
-    mixed_precision: bool | None = None  # None: when GPUs exist
+    precision: str = "auto"  # see PRECISIONS
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -91,6 +92,32 @@ class TrainConfig:
             raise WsiheatError(f"--patience {self.patience}: need an integer >= 1")
         if self.monitor not in MONITORS:
             raise WsiheatError(f"--monitor {self.monitor}: choose {' or '.join(MONITORS)}")
+        if self.precision not in PRECISIONS:
+            raise WsiheatError(f"--precision {self.precision}: choose {', '.join(PRECISIONS)}")
+
+
+#: ``auto``: mixed_float16 on GPUs, float32 on CPUs. ``mixed_bfloat16`` speeds up training on CPUs
+#: with bf16 instructions (AVX512-BF16 / AMX; ``tools/bench_train.py --precision``) and slows it
+#: down elsewhere. The saved model is float32 whatever was used.
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def resolve_precision(precision: str, gpus: bool) -> str:
+    """The Keras dtype policy for a ``--precision`` value (``auto``: by device)."""
+    if precision not in PRECISIONS:
+        raise WsiheatError(f"--precision {precision}: choose {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "mixed_float16" if gpus else "float32"
+    return precision
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether the CPU has bf16 instructions (Linux /proc/cpuinfo; None when unknown)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 #: validation figures that can pick the best epoch: name -> +1 (higher is better) or -1
@@ -389,8 +416,12 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         _write_state(ckpt, state)
 
     strategy, gpus = _strategy()
-    mixed = gpus if config.mixed_precision is None else bool(config.mixed_precision)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    policy = resolve_precision(config.precision, gpus)
+    if policy == "mixed_bfloat16" and not gpus and cpu_has_bf16() is False:
+        warnings.warn("--precision mixed_bfloat16: this CPU has no bf16 instructions (AVX512-BF16/AMX); "
+                      "training will be slower than float32", stacklevel=2)
+    mixed = policy == "mixed_float16"  # float16 needs loss scaling; bfloat16 has float32's range
+    keras.mixed_precision.set_global_policy(policy)
     build_args = dict(towers=pf.towers, window=pf.window, shared_backbone=config.shared_backbone,
                       dropout=config.dropout, backbone=config.backbone)
     # datasets (global batch; the strategy splits it over replicas)
@@ -484,7 +515,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         "val_metrics": val_metrics,
         "train_config": {k: v for k, v in asdict(config).items() if k != "augment"},
         "augment": asdict(config.augment) if config.augment else None,
-        "mixed_precision": mixed, "wsiheat_version": __version__,
+        "precision": policy, "mixed_precision": policy != "float32", "wsiheat_version": __version__,
     }
     if multi:
         meta["multi_worker"] = {"workers": tf_config_workers(),
