@@ -447,3 +447,48 @@ def test_cli_defaults_match_the_library():
     for name in ("batch_size", "readers", "block", "tissue_threshold", "lesion_threshold", "area_threshold",
                  "topk", "smooth"):
         assert opts[name] == sig[name].default, name
+
+
+def test_bfloat16_heatmap_matches_float32(data, tmp_path, capsys):
+    """--precision mixed_bfloat16: the same heatmap within bf16 rounding, and recorded as such."""
+    maps = {}
+    for prec in ("float32", "mixed_bfloat16"):
+        out = tmp_path / prec
+        code, _, se = run_cli(["heatmap", data["small"], "-m", data["models"]["ds2"], "--out-dir", out,
+                               "--precision", prec], capsys)
+        assert code == 0, se
+        js = json.loads((out / "small.json").read_text())
+        assert js["precision"] == prec
+        hm = infer.read_heatmap(out / "small.h5")
+        assert hm.attrs["precision"] == prec
+        maps[prec] = hm
+    a, b = maps["float32"], maps["mixed_bfloat16"]
+    assert np.array_equal(a.tissue, b.tissue) and a.probabilities.max() > 0.9
+    np.testing.assert_allclose(b.probabilities, a.probabilities, atol=0.02)
+    code, _, se = run_cli(["heatmap", data["small"], "-m", data["models"]["ds2"], "--precision", "int8"], capsys)
+    assert code == 2 and "int8" in se
+
+
+def test_with_precision_on_inception_v3():
+    """A bf16 copy of the real two-tower InceptionV3: float32 weights and head, bf16 elsewhere, same outputs."""
+    import keras
+
+    from wsiheat.model import build_model, model_precision, with_precision
+
+    model = build_model(2, 80, weights="none")
+    rng = np.random.default_rng(5)
+    for w in model.weights:  # random, non-trivial weights so the outputs spread over (0, 1)
+        if "tumor" in w.path:
+            w.assign(rng.normal(0, 3.0, w.shape).astype("float32"))
+    bf = with_precision(model, "mixed_bfloat16")
+    assert model_precision(model) == "float32" and model_precision(bf) == "mixed_bfloat16"
+    assert bf.get_layer("tumor").dtype_policy.name == "float32"
+    assert {str(w.dtype) for w in bf.weights} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), bf.get_weights()))
+    # images from dark to bright, with texture: inputs the random backbone tells apart
+    x = (np.linspace(0, 200, 8)[:, None, None, None, None]
+         + rng.integers(0, 56, (8, 2, 80, 80, 3))).astype(np.uint8)
+    p32, p16 = np.asarray(model(x)), np.asarray(bf(x))
+    assert p16.dtype == np.float32 and p32.std() > 1e-3
+    np.testing.assert_allclose(p16, p32, atol=0.02)
+    assert keras.mixed_precision.global_policy().name == "float32"

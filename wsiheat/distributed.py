@@ -554,8 +554,8 @@ _MODELS_LOCK = threading.Lock()
 _LOADS = 0
 
 
-def cached_model(path: str | os.PathLike):
-    """``wsiheat.model.load_model(path)``, loaded once per process and reused.
+def cached_model(path: str | os.PathLike, precision: str = "float32"):
+    """``wsiheat.model.load_model(path, precision=precision)``, loaded once per process and reused.
 
     In a Dask worker process every task on that worker gets the same model
     object, so a GPU worker pays the load (and the GPU memory) once. The key
@@ -567,7 +567,7 @@ def cached_model(path: str | os.PathLike):
     """
     p = Path(path).resolve()
     try:
-        key = (str(p), p.stat().st_mtime_ns)
+        key = (str(p), p.stat().st_mtime_ns, precision)
     except FileNotFoundError:
         raise WsiheatError(f"{path}: no such model file") from None
     with _MODELS_LOCK:
@@ -578,7 +578,7 @@ def cached_model(path: str | os.PathLike):
             global _LOADS
             for k in [k for k in _MODELS if k[0] == key[0]]:  # an older version of the file
                 del _MODELS[k]
-            _MODELS[key] = load_model(p)
+            _MODELS[key] = load_model(p, precision=precision)
             _LOADS += 1
         return _MODELS[key]
 
@@ -592,7 +592,8 @@ def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) 
     """Heatmap outputs of one slide with the process's cached model (see :func:`cached_model`)."""
     from .infer import heatmap_slide
 
-    model, metadata = cached_model(model_path)
+    options = dict(options)
+    model, metadata = cached_model(model_path, options.pop("precision", "float32"))
     summary = heatmap_slide(task.slide, model, metadata, out_dir, model_path=str(model_path),
                             progress=False, **options)
     summary = dict(summary)
@@ -619,7 +620,8 @@ def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_
         See :func:`run_slides` (``resources={"GPU": 1}`` for one-GPU workers).
     **options
         Keyword options of :func:`wsiheat.infer.heatmap_slide` (batch_size,
-        tta, tissue_threshold, lesion_threshold, ...).
+        tta, tissue_threshold, lesion_threshold, ...), and ``precision``
+        (the model's compute precision, :data:`wsiheat.model.INFER_PRECISIONS`).
 
     Returns
     -------

@@ -458,8 +458,11 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
 
 
 def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathLike, out_dir: str | os.PathLike,
-                     batch_size: int = 64, progress: bool = True, tta: bool = False) -> dict[str, Any]:
+                     batch_size: int = 64, progress: bool = True, tta: bool = False,
+                     precision: str = "float32") -> dict[str, Any]:
     """``wsiheat evaluate patches``: predict, then write the patch report.
+
+    ``precision``: the model's compute precision (:func:`wsiheat.model.load_model`).
 
     Writes ``patch_report.json``, ``patch_roc.png``, ``patch_per_slide.csv``,
     ``patch_predictions.csv`` (``index,slide,x,y,label,score``) and, when
@@ -475,7 +478,7 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
     from .model import load_model
 
     out = ensure_out_dir(out_dir)
-    model, meta = load_model(model_path)
+    model, meta = load_model(model_path, precision=precision)
     pred = predict_patches(model, patches_path, batch_size=batch_size, progress=progress, tta=tta)
     rep = patch_report(pred["labels"], pred["scores"], pred["slide_ids"], pred["slides"])
     rep["tta"] = bool(tta)

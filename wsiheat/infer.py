@@ -765,6 +765,9 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         raise WsiheatError(f"{out_dir}: output folder does not exist")
     check_writable_dir(out_dir / "x")
     t_start = time.perf_counter()
+    from .model import model_precision
+
+    precision = model_precision(model)
     with Slide(slide_path) as slide:
         name = name or slide.name
         spec = spec_from_metadata(metadata, slide, downsamples)
@@ -835,6 +838,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         "slide": slide_name, "slide_path": slide_file, "slide_dimensions": dims,
         "mpp": float("nan") if mpp is None else float(mpp), "model": str(model_path or ""),
         "tta": bool(tta), "tissue_threshold": float(tissue_threshold), "smooth": float(smooth),
+        "precision": precision,
         "wsiheat_version": __version__,
     })
     write_heatmap_png(paths[".png"], prob, tissue, title=f"{slide_name}  score {scores['score']:.3f}")
@@ -866,6 +870,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         "patches_per_second": round(n / infer_seconds, 2) if n and infer_seconds > 0 else 0.0,
         "batch_size": int(batch_size),
         "tta": bool(tta),
+        "precision": precision,
         "geometry": geometry,
         "model": str(model_path) if model_path else None,
         "model_metadata": {k: metadata.get(k) for k in ("window", "center", "stride", "levels", "downsamples",
