@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--synthetic-size", type=int, default=16384, help="level-0 side of the synthetic slide")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                    help="compute precision of the model (heatmap --precision)")
     args = ap.parse_args()
 
     import os
@@ -153,7 +155,10 @@ def main() -> None:
     print(f"tensorflow {tf.__version__}, {os.cpu_count()} CPU cores, load average "
           f"{os.getloadavg()[0]:.1f}; batch {args.batch_size}, workers {args.workers}, "
           f"{args.cells} windows (seed-style {args.seed_cells}), {args.rounds} rounds, median reported")
-    model = build_model()
+    from wsiheat.model import with_precision
+
+    model = with_precision(build_model(), args.precision)
+    print(f"model precision: {args.precision}")
     syn = work / f"synthetic_{args.synthetic_size}.tif"
     if not syn.exists():
         t = time.perf_counter()
