@@ -445,7 +445,7 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]),
               default="float32", show_default=True,
               help="Compute precision of the model: mixed_bfloat16 is faster on CPUs with bf16 instructions "
-                   "(AVX512-BF16/AMX), probabilities within ~1e-2; mixed_float16 for GPUs.")
+                   "(AVX512-BF16/AMX); probabilities move by ~0.01 on average; mixed_float16 for GPUs.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
 @_scale_options(shards=False)

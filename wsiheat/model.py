@@ -150,7 +150,8 @@ def with_precision(model, precision: str, keep_float32: tuple[str, ...] = ("tumo
     Every Keras layer (recursively, towers included) gets the dtype policy
     ``precision`` except those named in ``keep_float32`` (the sigmoid head:
     probabilities stay float32). For inference: a ``mixed_bfloat16`` copy
-    gives probabilities within about 1e-2 of the float32 model, faster on
+    gives probabilities about 0.01 from the float32 model's on average (IDC
+    test patches: mean 0.007, 99 % within 0.04, same AUC), faster on
     CPUs with bf16 instructions.
     """
     import keras
