@@ -333,10 +333,7 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
     import warnings
 
     from .dataset import AugmentConfig
-    from .train import TrainConfig, train
-
-    # library warnings as one line each, when they happen
-    warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"wsiheat: warning: {message}", err=True)
+    from .train import PrecisionWarning, TrainConfig, train
 
     if no_augment:
         augment = None
@@ -353,7 +350,17 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
                       patience=patience, monitor=monitor, augment=augment,
                       memory_budget=None if memory_budget is None else int(memory_budget * 2**30),
                       precision=precision)
-    s = train(patches, output, cfg, val=val, resume=resume)
+    with warnings.catch_warnings():  # restores showwarning afterwards
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):  # our warnings as one line, when they happen
+            if issubclass(category, PrecisionWarning):
+                click.echo(f"wsiheat: warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        s = train(patches, output, cfg, val=val, resume=resume)
     m = s["val_metrics"]
     if s.get("chief") is False:  # a non-chief multi-worker task: the chief writes the outputs
         click.echo(f"{s['task']}: {s['epochs']} epoch(s) done; the chief writes {s['output']}")

@@ -96,6 +96,10 @@ class TrainConfig:
             raise WsiheatError(f"--precision {self.precision}: choose {', '.join(PRECISIONS)}")
 
 
+class PrecisionWarning(UserWarning):
+    """A --precision that will run slowly on this machine."""
+
+
 #: ``auto``: mixed_float16 on GPUs, float32 on CPUs. ``mixed_bfloat16`` speeds up training on CPUs
 #: with bf16 instructions (AVX512-BF16 / AMX; ``tools/bench_train.py --precision``) and slows it
 #: down elsewhere. The saved model is float32 whatever was used.
@@ -419,7 +423,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     policy = resolve_precision(config.precision, gpus)
     if policy == "mixed_bfloat16" and not gpus and cpu_has_bf16() is False:
         warnings.warn("--precision mixed_bfloat16: this CPU has no bf16 instructions (AVX512-BF16/AMX); "
-                      "training will be slower than float32", stacklevel=2)
+                      "training will be slower than float32", PrecisionWarning, stacklevel=2)
     mixed = policy == "mixed_float16"  # float16 needs loss scaling; bfloat16 has float32's range
     keras.mixed_precision.set_global_policy(policy)
     build_args = dict(towers=pf.towers, window=pf.window, shared_backbone=config.shared_backbone,
