@@ -70,3 +70,10 @@ step "slide AUC (max)" wsiheat evaluate slides hm -r mosaics_test/labels.csv -o 
 step "slide AUC (top-10 mean)" wsiheat evaluate slides hm -r mosaics_test/labels.csv -o eval_slides_topk \
   --score topk_mean
 step "lesion FROC" wsiheat evaluate froc hm mosaics_test/*_mask.tif --mpp "$MPP" --level 3 -o eval_froc
+
+# a second, larger held-out set (24 slides, 8 without tumor): less noisy slide AUC and FROC
+step "mosaics (24)" wsiheat mosaic "$IDC" -o mosaics_test24 --slides 24 --normal 8 --split test --seed 11 \
+  --scale 4.48 --grid 24x24
+step "heatmaps (24)" wsiheat heatmap mosaics_test24/test_*[0-9].tif -m idc224.keras --out-dir hm24
+step "slide AUC (24)" wsiheat evaluate slides hm24 -r mosaics_test24/labels.csv -o eval24_slides
+step "lesion FROC (24)" wsiheat evaluate froc hm24 mosaics_test24/*_mask.tif --mpp "$MPP" --level 3 -o eval24_froc
