@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import WsiheatError
+from .model import INFER_PRECISIONS  # light: no TensorFlow at import
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -321,7 +322,7 @@ def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, 
               show_default=True, help="tiny: a two-convolution network for smoke tests.")
 @click.option("--memory-budget", type=float, default=None,
               help="GiB of images held in memory (default: 40%% of available); larger files stream.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
+@click.option("--precision", type=click.Choice(["auto", *INFER_PRECISIONS]),
               default="auto", show_default=True,
               help="auto: mixed_float16 on GPUs, float32 on CPUs. mixed_bfloat16 is faster on CPUs with bf16 "
                    "instructions (AVX512-BF16/AMX), slower on others. The saved model is float32.")
@@ -449,7 +450,7 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
                    "points and gives the slide score (max of the smoothed map); 0 = the raw map.")
 @click.option("--downsamples", default=None,
               help="Override the model's tower downsamples (relative to level 0), e.g. '2,4'.")
-@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]),
+@click.option("--precision", type=click.Choice(INFER_PRECISIONS),
               default="float32", show_default=True,
               help="Compute precision of the model: mixed_bfloat16 is faster on CPUs with bf16 instructions "
                    "(AVX512-BF16/AMX); probabilities move by ~0.01 on average; mixed_float16 for GPUs.")
@@ -614,7 +615,7 @@ def evaluate_group() -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Windows per model call and per HDF5 read.")
 @click.option("--tta", is_flag=True, help="Average the 8 rotations/flips of every window (8x slower).")
-@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]),
+@click.option("--precision", type=click.Choice(INFER_PRECISIONS),
               default="float32", show_default=True, help="Compute precision of the model (see heatmap --help).")
 def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch_size: int, tta: bool,
                          precision: str) -> None:
@@ -730,13 +731,11 @@ def evaluate_froc_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
 
 
 def _float_list(ctx, param, value: str) -> list[float]:
-    try:
-        vals = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated numbers") from None
+    """Click callback: a non-empty comma-separated list of numbers (:func:`_parse_floats`)."""
+    vals = _parse_floats(value, f"--{param.name.replace('_', '-')}")
     if not vals:
         raise click.BadParameter(f"{value!r}: give at least one number")
-    return vals
+    return list(vals)
 
 
 @evaluate_group.command("tune")

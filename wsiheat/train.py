@@ -44,6 +44,7 @@ from .dataset import (AugmentConfig, PatchFile, class_weights, make_dataset, ope
                       split_by_slide, steps_for)
 from .errors import WsiheatError
 from .fileio import atomic_path, check_writable_dir
+from .model import INFER_PRECISIONS
 
 METRIC_NAMES = ("loss", "auc", "accuracy", "sensitivity", "specificity")
 
@@ -103,7 +104,7 @@ class PrecisionWarning(UserWarning):
 #: ``auto``: mixed_float16 on GPUs, float32 on CPUs. ``mixed_bfloat16`` speeds up training on CPUs
 #: with bf16 instructions (AVX512-BF16 / AMX; ``tools/bench_train.py --precision``) and slows it
 #: down elsewhere. The saved model is float32 whatever was used.
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto",) + INFER_PRECISIONS
 
 
 def resolve_precision(precision: str, gpus: bool) -> str:
