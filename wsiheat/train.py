@@ -102,7 +102,7 @@ class PrecisionWarning(UserWarning):
 
 
 #: ``auto``: mixed_float16 on GPUs, float32 on CPUs. ``mixed_bfloat16`` speeds up training on CPUs
-#: with bf16 instructions (AVX512-BF16 / AMX; ``tools/bench_train.py --precision``) and slows it
+#: with bf16 instructions (AVX512-BF16 / AMX; ``tools/bench_precision.py``) and slows it
 #: down elsewhere. The saved model is float32 whatever was used.
 PRECISIONS = ("auto",) + INFER_PRECISIONS
 
