@@ -836,3 +836,69 @@ def test_cli_tune_and_bad_input(tmp_path, capsys):
     code, _, err = run_cli(["evaluate", "tune", str(res), "-r", str(ref), "--smooth", "a,b"], capsys)
     assert code == 2 and "expected comma-separated numbers" in err
     assert not (tmp_path / "t2").exists() or not any((tmp_path / "t2").iterdir())
+
+
+# --------------------------------------------------------------------------- lesion scorer
+def test_fit_scorer_and_tune_with_it(tmp_path, capsys):
+    from wsiheat.infer import read_heatmap
+    from wsiheat.lesionmap import load_scorer
+
+    res, gt, ref = write_tune_case(tmp_path)
+    # tumor cells: the cells whose centre lies in the mask (the 6x6 block)
+    hm = read_heatmap(res / "T.h5")
+    mask = np.zeros((32 * 64 // 4, 32 * 64 // 4), bool)
+    mask[10 * 16:16 * 16, 10 * 16:16 * 16] = True
+    cells = E.tumor_cells(hm, mask, level=2)
+    assert cells.sum() == 36 and cells[10:16, 10:16].all()
+    assert not E.tumor_cells(hm, None, level=2).any()
+
+    # a low lesion threshold keeps the false positive as a (low) detection: the CAMELYON16 FROC skips the
+    # lowest detection probability, so a lone true detection would score 0
+    rep = E.fit_scorer(res, [gt], tmp_path / "scorer.json", reference=ref, mpp=1.0, level=2,
+                       lesion_threshold=0.01, progress=False)
+    scorer = load_scorer(tmp_path / "scorer.json")
+    assert rep["n_slides"] == 2 and rep["scorer"] == scorer.to_dict()
+    assert scorer.fitted["tumor_cells"] == 36 and scorer.fitted["slides"] == 2
+    # on its fitting slides the scorer keeps the lesion and drops the lone false positive
+    assert rep["fitting_slides"]["scorer"]["slide_auc"] == 1.0 and rep["fitting_slides"]["scorer"]["froc"] == 1.0
+    n = read_heatmap(res / "N.h5")
+    m = scorer.apply(n.probabilities, n.tissue)
+    assert m[20, 20] < 0.5 and scorer.apply(hm.probabilities, hm.tissue)[12, 12] > 0.5
+
+    tune = E.tune_postprocessing(res, [gt], tmp_path / "tune", reference=ref, mpp=1.0, level=2, smooth=[0.0],
+                                 lesion_threshold=[0.01], nms_radius=[4.0], scorer=scorer, progress=False)
+    by = {r["map"]: r for r in tune["rows"]}
+    assert set(by) == {"smoothed", "scorer"} and np.isnan(by["scorer"]["smooth"])
+    assert by["scorer"]["froc"] == 1.0 and by["smoothed"]["slide_auc"] == 0.0  # raw map: the lone cell wins
+    table = (tmp_path / "tune" / "tune_table.csv").read_text().splitlines()
+    assert table[0].endswith(",map") and len(table) == 3 and any(r.endswith(",scorer") for r in table)
+
+    # the same through the CLI, and its errors
+    code, out, err = run_cli(["evaluate", "fit-scorer", str(res), str(gt / "T_mask.tif"), "-r", str(ref),
+                              "--mpp", "1", "--level", "2", "-o", str(tmp_path / "cli.json")], capsys)
+    assert code == 0, err
+    assert "2 slides (1 with tumor)" in out and "36 tumor" in out and load_scorer(tmp_path / "cli.json") == scorer
+    code, out, err = run_cli(["evaluate", "tune", str(res), str(gt / "T_mask.tif"), "-r", str(ref), "--mpp", "1",
+                              "--level", "2", "--smooth", "0", "--lesion-threshold", "0.01", "--nms-radius", "4",
+                              "--lesion-scorer", str(tmp_path / "cli.json"), "-o", str(tmp_path / "t")], capsys)
+    assert code == 0, err
+    assert "best slide AUC 1.0000 with the lesion scorer" in out
+    code, _, err = run_cli(["evaluate", "tune", str(res), "-g", str(gt), "-r", str(ref), "--lesion-scorer",
+                            str(gt / "T_mask.tif"), "-o", str(tmp_path / "t3")], capsys)
+    one_line_error(code, err, "T_mask.tif", "not a lesion scorer file")
+    # only normal slides: nothing to learn tumor from; the earlier scorer file is kept
+    only_normal = tmp_path / "n_only"
+    only_normal.mkdir()
+    (only_normal / "N.h5").write_bytes((res / "N.h5").read_bytes())
+    before = (tmp_path / "cli.json").read_bytes()
+    code, _, err = run_cli(["evaluate", "fit-scorer", str(only_normal), "-g", str(gt / "T_mask.tif"), "-r",
+                            str(ref), "--mpp", "1", "--level", "2", "-o", str(tmp_path / "cli.json")], capsys)
+    one_line_error(code, err, "T")
+    code, _, err = run_cli(["evaluate", "fit-scorer", str(only_normal), "--mpp", "1", "--level",
+                            "2", "-o", str(tmp_path / "cli.json")], capsys)
+    assert code == 2 and "no ground truth" in err
+    (tmp_path / "only_n.csv").write_text("slide,label\nN,0\n")
+    code, _, err = run_cli(["evaluate", "fit-scorer", str(only_normal), "-r", str(tmp_path / "only_n.csv"),
+                            "--mpp", "1", "--level", "2", "-o", str(tmp_path / "cli.json")], capsys)
+    one_line_error(code, err, "cannot fit a lesion scorer", "tumor and normal")
+    assert (tmp_path / "cli.json").read_bytes() == before

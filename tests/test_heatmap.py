@@ -492,3 +492,43 @@ def test_with_precision_on_inception_v3():
     assert p16.dtype == np.float32 and p32.std() > 1e-3
     np.testing.assert_allclose(p16, p32, atol=0.02)
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_lesion_scorer_gives_the_lesion_points_and_score(data, tmp_path, capsys):
+    from wsiheat.evaluate import postprocess_scores
+    from wsiheat.lesionmap import FEATURES, LesionScorer, save_scorer
+
+    # a hand-set scorer: evidence grows with the share of confident cells in the 3 x 3 around
+    coef = [0.0] * len(FEATURES)
+    coef[FEATURES.index("share_3x3_0.5")] = 12.0
+    scorer = LesionScorer(tuple(coef), -6.0, FEATURES, {"by": "hand"})
+    path = save_scorer(tmp_path / "scorer.json", scorer)
+    out = tmp_path / "out"
+    code, so, se = run_cli(["heatmap", data["slide"], "-m", data["models"]["ds2"], "--out-dir", out,
+                            "--lesion-scorer", path, "--lesion-threshold", "0.3"], capsys)
+    assert code == 0, se
+    js = json.loads((out / "tumor_slide.json").read_text())
+    hm = infer.read_heatmap(out / "tumor_slide.h5")
+    m = scorer.apply(hm.probabilities, hm.tissue)
+    assert js["lesion_map"] == "scorer" and js["smooth"] is None and js["lesion_scorer"]["coef"] == coef
+    assert json.loads(hm.attrs["lesion_scorer"])["fitted"] == {"by": "hand"}
+    assert js["score"] == pytest.approx(m[hm.tissue].max()) and js["score"] > 0.5
+    assert js["score"] != pytest.approx(js["max_probability"])  # not the raw map
+    rows = [tuple(map(float, r)) for r in csv.reader((out / "tumor_slide_lesions.csv").read_text().splitlines())]
+    assert rows and rows[0][0] == pytest.approx(m.max(), abs=1e-6)
+    r, c = hm.cell_at(np.array([rows[0][1]]), np.array([rows[0][2]]))
+    assert m[r[0], c[0]] == pytest.approx(m.max())
+    assert _inside(rows[0][1], rows[0][2], TUMOR)
+    # `evaluate tune` re-scores the raw map the same way
+    score, (p, x, y) = postprocess_scores(hm.probabilities, hm.tissue, hm.cell_size, hm.origin, 0.75, 0.3, 4.0,
+                                          scorer)
+    assert score == pytest.approx(js["score"])
+    assert [(round(a, 6), int(b), int(d)) for a, b, d in zip(p, x, y)] == [
+        (round(a, 6), int(b), int(d)) for a, b, d in rows]
+    # a bad scorer file: one-line error naming it, nothing written
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    code, so, se = run_cli(["heatmap", data["small"], "-m", data["models"]["ds2"], "--out-dir", tmp_path / "o2",
+                            "--lesion-scorer", bad], capsys)
+    assert code == 2 and "bad.json: not a lesion scorer file" in se and se.count("\n") == 1
+    assert not (tmp_path / "o2").exists()

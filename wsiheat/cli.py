@@ -448,6 +448,9 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--smooth", default=0.75, show_default=True, type=click.FloatRange(min=0),
               help="Gaussian sigma in cells of the tissue-only smoothing that locates and ranks lesion "
                    "points and gives the slide score (max of the smoothed map); 0 = the raw map.")
+@click.option("--lesion-scorer", "lesion_scorer_path", default=None, type=click.Path(dir_okay=False),
+              help="Lesion scorer (JSON from `wsiheat evaluate fit-scorer`): its map, learned from the "
+                   "neighbourhood of each cell, replaces the smoothed map for lesion points and the score.")
 @click.option("--downsamples", default=None,
               help="Override the model's tower downsamples (relative to level 0), e.g. '2,4'.")
 @click.option("--precision", type=click.Choice(INFER_PRECISIONS),
@@ -459,7 +462,7 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
 @_scale_options(shards=False)
 def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, readers, block,
                 tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
-                smooth, downsamples, precision, progress, **scale) -> int:
+                smooth, lesion_scorer_path, downsamples, precision, progress, **scale) -> int:
     """Tumor-probability heatmaps of SLIDES with a trained model.
 
     \b
@@ -472,12 +475,16 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     NAME.h5 (raw probabilities, tissue, geometry), NAME_heatmap.tif
     (pyramidal TIFF aligned to the slide), NAME_lesions.csv (prob,x,y
     level-0 px), NAME_lesions.png (the candidates in context) and NAME.json
-    (score = max of the smoothed map, see --smooth; ...).
+    (score = max of the smoothed map, see --smooth, or of the
+    --lesion-scorer map; ...).
     """
     import warnings
     from pathlib import Path
 
+    from .lesionmap import load_scorer
     from .model import read_metadata
+
+    lesion_scorer = load_scorer(lesion_scorer_path) if lesion_scorer_path else None
 
     if output is not None and out_dir is not None:
         raise WsiheatError("give either -o/--output (one slide) or --out-dir, not both")
@@ -493,6 +500,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
                                       tissue_threshold=tissue_threshold, lesion_threshold=lesion_threshold,
                                       nms_radius=nms_radius, nms_radius_um=nms_radius_um,
                                       area_threshold=area_threshold, topk=topk, smooth=smooth,
+                                      lesion_scorer=lesion_scorer,
                                       downsamples=_parse_floats(downsamples, "--downsamples"),
                                       precision=precision))
     if output is not None:
@@ -550,7 +558,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
                                   block=block, tissue_threshold=tissue_threshold,
                                   lesion_threshold=lesion_threshold, nms_radius=nms_radius,
                                   nms_radius_um=nms_radius_um, area_threshold=area_threshold, topk=topk,
-                                  smooth=smooth,
+                                  smooth=smooth, lesion_scorer=lesion_scorer,
                                   downsamples=ds, model_path=model_path, predict=predict, progress=show)
         except WsiheatError as exc:
             failed += 1
@@ -746,11 +754,14 @@ def _float_list(ctx, param, value: str) -> list[float]:
               help="Lesion-point thresholds to try.")
 @click.option("--nms-radius", default="2,4,6", show_default=True, callback=_float_list,
               help="Non-maximum suppression radii to try, cells.")
+@click.option("--lesion-scorer", "lesion_scorer_path", default=None, type=click.Path(dir_okay=False),
+              help="Also try this lesion scorer's map (from `evaluate fit-scorer`, fitted on OTHER slides).")
 @click.option("--out-dir", "-o", default="evaluation", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (created if missing).")
 def evaluate_tune_cmd(results: str, more_ground_truth: tuple[str, ...], ground_truth: tuple[str, ...],
                       reference: str | None, mpp: float, level: int, smooth: list[float],
-                      lesion_threshold: list[float], nms_radius: list[float], out_dir: str) -> None:
+                      lesion_threshold: list[float], nms_radius: list[float], lesion_scorer_path: str | None,
+                      out_dir: str) -> None:
     """Choose the heatmap post-processing on VALIDATION slides (no model runs).
 
     Re-scores the raw maps (NAME.h5) of a heatmap folder for every
@@ -761,22 +772,70 @@ def evaluate_tune_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
     tune_report.json, tune.png.
     """
     from .evaluate import tune_postprocessing
+    from .lesionmap import load_scorer
 
     ground_truth = tuple(ground_truth) + tuple(more_ground_truth)
     if not ground_truth and reference is None:
         raise click.UsageError("no ground truth: give files or folders after RESULTS, or -g FILE")
+    scorer = load_scorer(lesion_scorer_path) if lesion_scorer_path else None
     rep = tune_postprocessing(results, list(ground_truth), out_dir, reference=reference, mpp=mpp, level=level,
                               smooth=smooth, lesion_threshold=lesion_threshold, nms_radius=nms_radius,
-                              progress=sys.stderr.isatty())
+                              scorer=scorer, progress=sys.stderr.isatty())
     click.echo(f"tune: {rep['n_slides']} slides ({rep['n_tumor_slides']} with tumor), {len(rep['rows'])} settings; "
                f"best first:")
     click.echo(f"  {'smooth':>6} {'threshold':>9} {'radius':>6} {'slide AUC':>9} {'FROC':>6}")
     for r in rep["rows"][:10]:
-        click.echo(f"  {r['smooth']:>6g} {r['lesion_threshold']:>9g} {r['nms_radius']:>6g} "
+        sig = "scorer" if r["map"] == "scorer" else f"{r['smooth']:g}"
+        click.echo(f"  {sig:>6} {r['lesion_threshold']:>9g} {r['nms_radius']:>6g} "
                    f"{r['slide_auc']:>9.4f} {r['froc']:>6.4f}")
     b = rep["best_slide_auc"]
-    click.echo(f"best slide AUC {b['slide_auc']:.4f} at smooth {b['smooth']:g} (FROC there {b['froc']:.4f})")
+    where = "with the lesion scorer" if b["map"] == "scorer" else f"at smooth {b['smooth']:g}"
+    click.echo(f"best slide AUC {b['slide_auc']:.4f} {where} (FROC there {b['froc']:.4f})")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
+
+
+@evaluate_group.command("fit-scorer")
+@_lesion_ground_truth_options
+@click.option("-o", "--output", default="lesion_scorer.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Scorer file to write (JSON).")
+@click.option("--c", "c", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Inverse L2 regularisation strength of the logistic regression.")
+@click.option("--smooth", default=0.75, show_default=True, type=click.FloatRange(min=0),
+              help="Smoothing sigma of the map the scorer is compared with.")
+@click.option("--lesion-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Lesion-point threshold of the comparison.")
+@click.option("--nms-radius", default=4.0, show_default=True, type=click.FloatRange(min=0),
+              help="Non-maximum suppression radius of the comparison, cells.")
+def evaluate_fit_scorer_cmd(results: str, more_ground_truth: tuple[str, ...], ground_truth: tuple[str, ...],
+                            reference: str | None, mpp: float, level: int, output: str, c: float, smooth: float,
+                            lesion_threshold: float, nms_radius: float) -> None:
+    """Fit a lesion scorer on VALIDATION heatmaps (no model runs).
+
+    A logistic regression over the neighbourhood of every tissue cell of
+    the raw maps (NAME.h5): its own probability, its strongest neighbour,
+    the map smoothed at 4 sigmas and the share of confident cells around.
+    Lone confident cells, the classifier's usual false positives, score
+    low; groups of cells high. Use it with `wsiheat heatmap
+    --lesion-scorer FILE`. The figures printed are on the fitting slides
+    (optimistic): check it on other slides with `evaluate tune
+    --lesion-scorer FILE`.
+    """
+    from .evaluate import fit_scorer
+
+    ground_truth = tuple(ground_truth) + tuple(more_ground_truth)
+    if not ground_truth and reference is None:
+        raise click.UsageError("no ground truth: give files or folders after RESULTS, or -g FILE")
+    rep = fit_scorer(results, list(ground_truth), output, reference=reference, mpp=mpp, level=level, c=c,
+                     smooth=smooth, lesion_threshold=lesion_threshold, nms_radius=nms_radius,
+                     progress=sys.stderr.isatty())
+    fit = rep["scorer"]["fitted"]
+    click.echo(f"fit-scorer: {rep['n_slides']} slides ({rep['n_tumor_slides']} with tumor), {fit['cells']} tissue "
+               f"cells ({fit['tumor_cells']} tumor)")
+    for key, label in (("smoothed", f"smoothed map (sigma {smooth:g})"), ("scorer", "lesion scorer")):
+        f = rep["fitting_slides"][key]
+        click.echo(f"  {label:<28} slide AUC {f['slide_auc']:.4f}  FROC {f['froc']:.4f}")
+    click.echo("  (on the fitting slides: check on other slides with `evaluate tune --lesion-scorer`)")
+    click.echo(f"scorer: {rep['path']}")
 
 
 # --- mosaic / demo ----------------------------------------------------------------

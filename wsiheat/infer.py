@@ -33,7 +33,8 @@ name by default); every file is written atomically:
 * ``NAME_lesions.png``: the 16 most probable lesion candidates, each a view
   of 6 cells around it with the scored cell outlined, captioned with rank,
   probability and level-0 position, to check before opening a viewer;
-* ``NAME.json``: the slide summary (``score`` = maximum of the smoothed map,
+* ``NAME.json``: the slide summary (``score`` = maximum of the lesion map:
+  the smoothed map, or a fitted lesion scorer's map, see :func:`lesion_map`;
   ``max_probability`` = maximum of the raw map, ...), written last.
 """
 
@@ -446,6 +447,28 @@ def smooth_heatmap(prob: np.ndarray, tissue: np.ndarray, sigma: float = SMOOTH_S
     return np.where(tissue, num / np.maximum(den, 1e-12), 0.0).clip(0.0, 1.0)
 
 
+def lesion_map(prob: np.ndarray, tissue: np.ndarray, smooth: float = SMOOTH_SIGMA, scorer=None) -> np.ndarray:
+    """The map that locates and ranks lesion points and gives the slide score.
+
+    Parameters
+    ----------
+    prob : ndarray (rows, cols)
+        Raw probabilities.
+    tissue : ndarray of bool (rows, cols)
+    smooth : float
+        Sigma (cells) of :func:`smooth_heatmap`, used without ``scorer``.
+    scorer : wsiheat.lesionmap.LesionScorer, optional
+        A fitted lesion scorer: its map replaces the smoothed one.
+
+    Returns
+    -------
+    ndarray float64 (rows, cols), in [0, 1], 0 off tissue
+    """
+    if scorer is not None:
+        return scorer.apply(prob, tissue)
+    return smooth_heatmap(prob, tissue, smooth)
+
+
 def lesion_views(slide: Slide, lesions: np.ndarray, cell0: float, context_cells: float = GALLERY_CONTEXT_CELLS,
                  size: int = GALLERY_PIXELS) -> np.ndarray:
     """Views of the slide around lesion points, the scored cell outlined.
@@ -490,7 +513,7 @@ def slide_scores(prob: np.ndarray, tissue: np.ndarray, cell0: float, mpp: float 
     Parameters
     ----------
     smoothed : ndarray (rows, cols), optional
-        The smoothed map (:func:`smooth_heatmap`) whose maximum is the score;
+        The lesion map (:func:`lesion_map`: smoothed or scorer's) whose maximum is the score;
         without it the score is the raw maximum. The other figures always
         come from the raw ``prob``.
 
@@ -697,7 +720,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
                   readers: int = 2, block: int = 1024, tissue_threshold: float = 0.0,
                   lesion_threshold: float = 0.5, nms_radius: float | None = None,
                   nms_radius_um: float | None = None, area_threshold: float = 0.5, topk: int = 10,
-                  smooth: float = SMOOTH_SIGMA,
+                  smooth: float = SMOOTH_SIGMA, lesion_scorer=None,
                   downsamples: tuple[float, ...] | None = None, model_path: str | None = None,
                   predict: Callable[[np.ndarray], np.ndarray] | None = None,
                   max_cells: int | None = None, thumbnail_size: int = 2048,
@@ -736,6 +759,9 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
     smooth : float
         Sigma in cells of :func:`smooth_heatmap`; the smoothed map gives the
         lesion points (located and ranked) and ``score``; 0 = the raw map.
+    lesion_scorer : wsiheat.lesionmap.LesionScorer, optional
+        Its lesion map (:func:`lesion_map`) replaces the smoothed map for the
+        lesion points and ``score``; ``smooth`` is then unused.
     downsamples : tuple of float, optional
         Override the model's tower downsamples (relative to level 0).
     model_path : str, optional
@@ -814,10 +840,11 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
             nms_radius = nms_radius_um / mpp
         if smooth < 0:
             raise WsiheatError(f"smoothing sigma must be >= 0 cells, got {smooth}")
-        smoothed = smooth_heatmap(prob, tissue, smooth)
-        lesions = lesions_from_heatmap(smoothed, tissue, cell0, lesion_threshold, nms_radius)
-        scores = slide_scores(prob, tissue, cell0, mpp, topk, area_threshold, smoothed)
-        scores["smooth"] = float(smooth)
+        lmap = lesion_map(prob, tissue, smooth, lesion_scorer)
+        lesions = lesions_from_heatmap(lmap, tissue, cell0, lesion_threshold, nms_radius)
+        scores = slide_scores(prob, tissue, cell0, mpp, topk, area_threshold, lmap)
+        scores["smooth"] = None if lesion_scorer is not None else float(smooth)
+        scores["lesion_map"] = "smoothed" if lesion_scorer is None else "scorer"
         views = lesion_views(slide, lesions[:GALLERY_LESIONS], cell0)
         thumb, thumb_ds = slide.thumbnail(thumbnail_size)
         dims = list(slide.dimensions)
@@ -838,6 +865,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         "slide": slide_name, "slide_path": slide_file, "slide_dimensions": dims,
         "mpp": float("nan") if mpp is None else float(mpp), "model": str(model_path or ""),
         "tta": bool(tta), "tissue_threshold": float(tissue_threshold), "smooth": float(smooth),
+        "lesion_scorer": "" if lesion_scorer is None else json.dumps(lesion_scorer.to_dict(), default=str),
         "precision": precision,
         "wsiheat_version": __version__,
     })
@@ -864,6 +892,7 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
         "cells_total": int(grid.n_rows * grid.n_cols),
         "lesions": int(len(lesions)),
         "lesion_threshold": float(lesion_threshold),
+        "lesion_scorer": None if lesion_scorer is None else lesion_scorer.to_dict(),
         "nms_radius": float(nms_radius if nms_radius is not None else 4 * cell0),
         "seconds": round(seconds, 3),
         "inference_seconds": round(infer_seconds, 3),
