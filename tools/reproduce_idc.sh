@@ -61,6 +61,26 @@ step "validation mosaics" wsiheat mosaic "$IDC" -o mosaics_val --slides 12 --nor
   --seed 5 --scale 4.48 --grid 24x24
 step "validation heatmaps" wsiheat heatmap mosaics_val/val_*[0-9].tif -m idc224.keras --out-dir hm_val
 step "tune (validation)" wsiheat evaluate tune hm_val mosaics_val/*_mask.tif --mpp "$MPP" --level 3 -o tune_val
+# 24 more validation mosaics, then a lesion scorer fitted on all 36 (validation patients only)
+step "validation mosaics (24)" wsiheat mosaic "$IDC" -o mosaics_val24 --slides 24 --normal 8 \
+  --val-patients-of idc224.keras --seed 13 --scale 4.48 --grid 24x24
+step "validation heatmaps (24)" wsiheat heatmap mosaics_val24/val_*[0-9].tif -m idc224.keras --out-dir hm_val24
+
+pool() {  # pool OUT PREFIX:HEATMAPS:MOSAICS...: one folder of links (names prefixed) for evaluate
+  local out="$1"; shift
+  rm -rf "$out"; mkdir -p "$out/hm" "$out/gt"
+  echo "slide,label" > "$out/labels.csv"
+  local spec pre hm mo f
+  for spec in "$@"; do
+    IFS=: read -r pre hm mo <<< "$spec"
+    for f in "$hm"/*.h5; do ln -s "$PWD/$f" "$out/hm/${pre}_$(basename "$f")"; done
+    for f in "$mo"/*_mask.tif; do ln -s "$PWD/$f" "$out/gt/${pre}_$(basename "$f")"; done
+    tail -n +2 "$mo/labels.csv" | sed "s/^/${pre}_/" >> "$out/labels.csv"
+  done
+}
+pool val36 a:hm_val:mosaics_val b:hm_val24:mosaics_val24
+step "fit lesion scorer (validation)" wsiheat evaluate fit-scorer val36/hm val36/gt -r val36/labels.csv \
+  --mpp "$MPP" --level 3 -o lesion_scorer_val36.json
 
 # slide and lesion level: 12 mosaics of held-out patients (4 without tumor), cells = the model's window
 step "mosaics" wsiheat mosaic "$IDC" -o mosaics_test --slides 12 --normal 4 --split test --seed 5 \
@@ -77,3 +97,18 @@ step "mosaics (24)" wsiheat mosaic "$IDC" -o mosaics_test24 --slides 24 --normal
 step "heatmaps (24)" wsiheat heatmap mosaics_test24/test_*[0-9].tif -m idc224.keras --out-dir hm24
 step "slide AUC (24)" wsiheat evaluate slides hm24 -r mosaics_test24/labels.csv -o eval24_slides
 step "lesion FROC (24)" wsiheat evaluate froc hm24 mosaics_test24/*_mask.tif --mpp "$MPP" --level 3 -o eval24_froc
+
+# the same test slides with the lesion scorer (fitted on validation mosaics only) instead of smoothing
+step "heatmaps, scorer" wsiheat heatmap mosaics_test/test_*[0-9].tif -m idc224.keras --out-dir hm_sc \
+  --lesion-scorer lesion_scorer_val36.json
+step "slide AUC, scorer" wsiheat evaluate slides hm_sc -r mosaics_test/labels.csv -o eval_sc_slides
+step "lesion FROC, scorer" wsiheat evaluate froc hm_sc mosaics_test/*_mask.tif --mpp "$MPP" --level 3 -o eval_sc_froc
+step "heatmaps (24), scorer" wsiheat heatmap mosaics_test24/test_*[0-9].tif -m idc224.keras --out-dir hm24_sc \
+  --lesion-scorer lesion_scorer_val36.json
+step "slide AUC (24), scorer" wsiheat evaluate slides hm24_sc -r mosaics_test24/labels.csv -o eval24_sc_slides
+step "lesion FROC (24), scorer" wsiheat evaluate froc hm24_sc mosaics_test24/*_mask.tif --mpp "$MPP" --level 3 \
+  -o eval24_sc_froc
+# both test sets pooled (36 slides): the default smoothing and the scorer side by side, from the raw maps
+pool test36 a:hm:mosaics_test b:hm24:mosaics_test24
+step "pooled test (36)" wsiheat evaluate tune test36/hm test36/gt -r test36/labels.csv --mpp "$MPP" --level 3 \
+  --smooth 0.75 --lesion-threshold 0.5 --nms-radius 4 --lesion-scorer lesion_scorer_val36.json -o tune_test36
