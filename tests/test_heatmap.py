@@ -525,6 +525,13 @@ def test_lesion_scorer_gives_the_lesion_points_and_score(data, tmp_path, capsys)
     assert score == pytest.approx(js["score"])
     assert [(round(a, 6), int(b), int(d)) for a, b, d in zip(p, x, y)] == [
         (round(a, 6), int(b), int(d)) for a, b, d in rows]
+    assert "refit" not in se  # the hand-set scorer records no model
+    # a scorer fitted on another model's heatmaps: a warning (not an error)
+    other = save_scorer(tmp_path / "other.json", LesionScorer(tuple(coef), -6.0, FEATURES,
+                                                              {"heatmap_models": ["runs/other.keras"]}))
+    code, so, se = run_cli(["heatmap", data["small"], "-m", data["models"]["ds2"], "--out-dir", tmp_path / "o3",
+                            "--lesion-scorer", other], capsys)
+    assert code == 0 and "fitted on heatmaps of other.keras, not m_ds2.keras" in se
     # a bad scorer file: one-line error naming it, nothing written
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

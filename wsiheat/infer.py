@@ -813,6 +813,11 @@ def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir:
             tissue[rows, cols] = True
         if len(rows) == 0:
             warns.append(f"{slide.path}: no tissue found; empty heatmap, score 0")
+        if lesion_scorer is not None and model_path:
+            fitted_on = {Path(str(m)).name for m in lesion_scorer.fitted.get("heatmap_models", []) if m}
+            if fitted_on and Path(str(model_path)).name not in fitted_on:
+                warns.append(f"the lesion scorer was fitted on heatmaps of {', '.join(sorted(fitted_on))}, not "
+                             f"{Path(str(model_path)).name}: refit it for this model (evaluate fit-scorer)")
         centers0 = grid.centers(rows, cols)
         tile_cells = max(1, (block - spec.window) // spec.stride + 1)
         tiles = tiles_of_cells(rows, cols, tile_cells)
