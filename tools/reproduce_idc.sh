@@ -144,3 +144,6 @@ pool test36_299 a:hm299_test:m299_test b:hm299_test24:m299_test24
 step "pooled test 299 (36)" wsiheat evaluate tune test36_299/hm test36_299/gt -r test36_299/labels.csv \
   --mpp "$MPP299" --level 3 --smooth 0.75 --lesion-threshold 0.5 --nms-radius 4 \
   --lesion-scorer lesion_scorer299_val36.json -o tune299_test36
+
+# every figure above, read back from the reports, as markdown tables to set beside the README's
+python3 "$HERE/tools/idc_table.py" .
