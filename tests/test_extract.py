@@ -160,6 +160,17 @@ def test_label_rule_edges_default_center(tmp_path):
     assert sorted(zip(*np.nonzero(lab2))) == [(4, 5)]
 
 
+def test_grid_counts_cells_from_mpp_ratios_without_a_rounding_sliver():
+    # a 224 px model trained at 0.892857 µm/px on a 0.668896 µm/px slide: cells of 299 level-0 px,
+    # computed as 224 * 1.3348214285714284 = 298.99999999999994; 7176 = 24 * 299 px is 24 cells
+    d = 0.8928571428571428 / 0.6688963210702341
+    spec = WindowSpec((d,), window=224, center=224, stride=224)
+    assert spec.cell0 < 299
+    assert (Grid.for_slide((7176, 7176), spec).n_cols, Grid.for_slide((7176, 7176), spec).n_rows) == (24, 24)
+    assert Grid.for_slide((7177, 7176), spec).n_cols == 25  # one real pixel more is a partial cell
+    assert Grid.for_slide((7175, 7176), spec).n_cols == 24
+
+
 def test_polygon_ground_truth_labels_match_mask_rule(slide1k):
     from wsiheat.annotations import PolygonGroundTruth
     spec = WindowSpec((2.0, 4.0), center=50, stride=50)

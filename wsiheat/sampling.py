@@ -99,6 +99,9 @@ def resolve_towers(slide: Slide, levels: tuple[int, ...] | None = None,
     raise ValueError("give levels, downsamples or mpps")
 
 
+_GRID_EPS = 1e-6  # cells: slide sides within this of a whole number of cells fit exactly
+
+
 @dataclass(frozen=True)
 class Grid:
     """The tower-0 cell grid over a slide (see the module docstring)."""
@@ -110,7 +113,10 @@ class Grid:
     @classmethod
     def for_slide(cls, dimensions: tuple[int, int], spec: WindowSpec) -> "Grid":
         W, H = dimensions
-        return cls(spec, max(1, math.ceil(W / spec.cell0)), max(1, math.ceil(H / spec.cell0)))
+        # a cell size from µm/px ratios can miss an exact fit by a rounding error (224 * 1.33482... =
+        # 298.99999999999994 on a 7176 px slide): such a sliver is not a partial cell
+        n_cols, n_rows = (math.ceil(side / spec.cell0 - _GRID_EPS) for side in (W, H))
+        return cls(spec, max(1, n_cols), max(1, n_rows))
 
     def centers(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Level-0 (x, y) centres of cells, float64 array (K, 2)."""
