@@ -8,7 +8,8 @@ Geometry (all stages use exactly this):
   point.
 * The **grid** lives at tower 0: cells of ``S x S`` tower-0 pixels (stride,
   default 50) tile the slide from its top-left corner; there are
-  ``ceil(W0 / (S * d_0))`` columns and ``ceil(H0 / (S * d_0))`` rows. Cell
+  ``ceil(W0 / (S * d_0))`` columns and ``ceil(H0 / (S * d_0))`` rows (a side
+  within 1e-6 cells of a whole number is an exact fit). Cell
   ``(row, col)`` is centred on level-0 point
   ``((col + 0.5) * S * d_0, (row + 0.5) * S * d_0)``.
 * A window's **label** is tumor when any tumor pixel lies in its central
