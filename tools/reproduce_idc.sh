@@ -145,5 +145,5 @@ step "pooled test 299 (36)" wsiheat evaluate tune test36_299/hm test36_299/gt -r
   --mpp "$MPP299" --level 3 --smooth 0.75 --lesion-threshold 0.5 --nms-radius 4 \
   --lesion-scorer lesion_scorer299_val36.json -o tune299_test36
 
-# every figure above, read back from the reports, as markdown tables to set beside the README's
+# every figure above, read back from the reports, as markdown tables to compare with the README
 python3 "$HERE/tools/idc_table.py" .
