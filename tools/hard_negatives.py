@@ -50,17 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--copies", type=int, default=2, help="extra copies of each hard negative")
     args = ap.parse_args(argv)
+    from wsiheat.errors import WsiheatError
     from wsiheat.model import read_metadata
+    from wsiheat.store import _append_rows, open_patches
 
     try:
         if args.copies < 1:
             raise ValueError(f"--copies {args.copies}: need at least 1")
         val = set((read_metadata(args.model).get("training_data") or {}).get("val_slides") or [])
-        with h5py.File(args.patches, "r") as f:
-            slides = [s.decode() if isinstance(s, bytes) else str(s) for s in f["slides"][()]]
-            labels, slide_ids = f["labels"][()], f["slide_ids"][()]
+        with open_patches(args.patches) as pf:
+            slides, labels, slide_ids = pf.slides, pf.labels, pf.slide_ids
         scores = read_scores(args.predictions, len(labels), labels)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, WsiheatError) as e:
         print(f"hard_negatives.py: {e}", file=sys.stderr)
         return 2
     is_val = np.isin(slide_ids, [i for i, s in enumerate(slides) if s in val])
@@ -73,11 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with h5py.File(tmp, "r+") as f:
             n0 = f["labels"].shape[0]
-            for name in ("images", "labels", "centers", "slide_ids") if len(hard) else ():
-                ds = f[name]
-                extra = np.concatenate([ds[hard]] * args.copies)
-                ds.resize(n0 + len(extra), axis=0)
-                ds[n0:] = extra
+            if len(hard):
+                _append_rows(f, *(np.concatenate([f[name][hard]] * args.copies)
+                                  for name in ("images", "labels", "centers", "slide_ids")))
         os.replace(tmp, args.output)
     finally:
         tmp.unlink(missing_ok=True)

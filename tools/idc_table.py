@@ -5,8 +5,8 @@ Usage: python tools/idc_table.py [WORK_DIR]   (default: idc-run)
 Reads every ``*/patch_report.json`` (``wsiheat evaluate patches``), every ``*_slides/slide_report.json``
 with its ``*_froc/froc_report.json`` sibling (``evaluate slides`` / ``evaluate froc`` on one folder of
 heatmaps) and every ``*/tune_report.json`` (``evaluate tune``, e.g. the pooled test sets: the default
-setting and the lesion scorer), and prints
-them as markdown tables to set beside the README's "Measured accuracy on real tissue".
+setting and the lesion scorer), and prints them as markdown tables to set beside the README's
+"Measured accuracy on real tissue".
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_SMOOTH = 0.75  # `wsiheat heatmap --smooth` default
+from wsiheat.infer import SMOOTH_SIGMA
 
 
 def _load(path: Path) -> dict:
@@ -63,7 +63,7 @@ def tune_rows(work: Path) -> list[str]:
     for path in sorted(work.glob("*/tune_report.json")):
         t = _load(path)
         for row in t["rows"]:
-            default = row["smooth"] == DEFAULT_SMOOTH and row["lesion_threshold"] == 0.5 and row["nms_radius"] == 4
+            default = row["smooth"] == SMOOTH_SIGMA and row["lesion_threshold"] == 0.5 and row["nms_radius"] == 4
             if row.get("map") != "scorer" and not default:
                 continue
             setting = "lesion scorer" if row.get("map") == "scorer" else f"smooth {row['smooth']}"
