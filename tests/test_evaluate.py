@@ -282,6 +282,50 @@ def test_froc_lowest_score_skipped_quirk():
     assert res.score == 0.0
 
 
+def random_matches(rng, n_slides, p_tumor=0.6):
+    """SlideMatch objects: tumor slides with 1-4 lesions (some missed), false positives everywhere."""
+    out = []
+    for k in range(n_slides):
+        fp = rng.random(int(rng.integers(0, 6)))
+        if rng.random() < p_tumor:
+            n_les = int(rng.integers(1, 5))
+            tp = np.where(rng.random(n_les) < 0.8, 0.3 + 0.7 * rng.random(n_les), 0.0)
+            out.append(E.SlideMatch(f"T{k}", fp, tp, n_les, [], np.zeros(0, np.int64)))
+        else:
+            out.append(E.SlideMatch(f"N{k}", fp, np.zeros(0), 0, [], None))
+    return out
+
+
+def test_froc_bootstrap_interval_resamples_slides():
+    rng = np.random.default_rng(11)
+    matches = random_matches(rng, 40)
+    score = E.froc_score(*E.froc_curve(matches)[:2])[0]
+    ci = E.bootstrap_froc_ci(matches, n_boot=400, seed=2)
+    assert ci["low"] < score < ci["high"] and ci["high"] - ci["low"] < 0.5
+    assert ci["n_used"] == 400 and ci["confidence"] == 0.95
+    assert ci == E.bootstrap_froc_ci(matches, n_boot=400, seed=2)
+    assert ci != E.bootstrap_froc_ci(matches, n_boot=400, seed=3)
+    # more slides of the same kind: a narrower interval
+    wide = E.bootstrap_froc_ci(matches[:10], n_boot=400, seed=2)
+    assert wide["high"] - wide["low"] > ci["high"] - ci["low"]
+    # copies of one slide: every resample is the same slides, the interval is the score itself
+    tumor = next(m for m in matches if m.num_tumors and (m.tp_probs > 0).any())
+    same = [tumor] * 5
+    s_same = E.froc_score(*E.froc_curve(same)[:2])[0]
+    c_same = E.bootstrap_froc_ci(same, n_boot=50)
+    assert c_same["low"] == c_same["high"] == s_same
+    # one tumor slide among normal ones: resamples without it have no lesion and are skipped
+    normals = [m for m in matches if not m.num_tumors]
+    few = E.bootstrap_froc_ci([tumor] + normals[:15], n_boot=300, seed=0)
+    assert 0 < few["n_used"] < 300
+    assert E.bootstrap_froc_ci(normals, n_boot=20)["n_used"] == 0
+    assert np.isnan(E.bootstrap_froc_ci(normals, n_boot=20)["low"])
+    with pytest.raises(WsiheatError, match="resamples"):
+        E.bootstrap_froc_ci(matches, n_boot=0)
+    with pytest.raises(WsiheatError, match="confidence"):
+        E.bootstrap_froc_ci(matches, confidence=1.0)
+
+
 def random_blobs(rng, shape, n):
     m = np.zeros(shape, bool)
     for _ in range(n):
@@ -433,6 +477,9 @@ def test_cli_froc_end_to_end(tmp_path, capsys):
     assert rep["froc_score"] == pytest.approx(0.75)
     assert rep["n_lesions"] == 2 and rep["n_itc"] == 1 and rep["n_slides"] == 2
     assert "0.7500" in stdout
+    ci = rep["froc_ci"]
+    assert ci["low"] <= 0.75 <= ci["high"] and ci["n_boot"] == 1000
+    assert f"95% CI [{ci['low']:.4f}, {ci['high']:.4f}]" in stdout
     png = Image.open(out / "froc.png")
     assert png.size[0] > 100
     curve = (out / "froc_curve.csv").read_text().splitlines()
@@ -802,6 +849,11 @@ def test_tune_smoothing_removes_a_lone_false_positive(tmp_path):
     # detection, which the CAMELYON16 FROC skips
     assert by[1.0]["slide_auc"] == 1.0 and by[1.0]["froc"] == 1.0
     assert rep["best_froc"]["smooth"] == 1.0 and rep["rows"][0] == rep["best_froc"]
+    # its interval over the resamples of 2 slides: N, N has no lesion and is skipped; T, N gives 1; T, T
+    # gives 0 (T's detection is then the lowest score, which the CAMELYON16 FROC skips): [0, 1]
+    ci = rep["best_froc_ci"]
+    assert ci["low"] == 0.0 and ci["high"] == 1.0 and 600 < ci["n_used"] < 900
+    assert "_i" not in rep["best_froc"]
     # the same figures as `evaluate froc` on the detections written by hand from the smoothed map
     from wsiheat.infer import read_heatmap
     for name in ("T", "N"):
@@ -824,6 +876,10 @@ def test_cli_tune_and_bad_input(tmp_path, capsys):
                               "--nms-radius", "4", "-o", str(tmp_path / "t")], capsys)
     assert code == 0, err
     assert "4 settings" in out and "best slide AUC 1.0000 at smooth 1" in out
+    rep = json.loads((tmp_path / "t" / "tune_report.json").read_text())
+    ci = rep["best_froc_ci"]
+    assert ci["low"] <= rep["best_froc"]["froc"] <= ci["high"]
+    assert f"best FROC {rep['best_froc']['froc']:.4f} 95% CI [{ci['low']:.4f}, {ci['high']:.4f}]" in out
     # normal slide N without ground truth and without a reference: one-line error naming it
     code, _, err = run_cli(["evaluate", "tune", str(res), "-g", str(gt), "-o", str(tmp_path / "t2")], capsys)
     one_line_error(code, err, "'N'", "no ground truth")

@@ -135,6 +135,11 @@ def tissue_cmd(slide: str, output: str, downsample: float, mask_out: str | None,
                f"-> {output}" + (f", {mask_out}" if mask_out else ""))
 
 
+def _ci_text(ci: dict) -> str:
+    """'95% CI [low, high]' of a bootstrap interval dict (bootstrap_auc_ci, bootstrap_froc_ci)."""
+    return f"{ci['confidence'] * 100:g}% CI [{ci['low']:.4f}, {ci['high']:.4f}]"
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -682,9 +687,8 @@ def evaluate_slides_cmd(results: str, more_ground_truth: tuple[str, ...], refere
 
     rep = evaluate_slides(results, out_dir, reference=reference, ground_truth=list(ground_truth) or None,
                           n_boot=n_boot, seed=seed, score=score_field)
-    ci = rep["auc_ci"]
     click.echo(f"slides: {rep['n']} ({rep['n_tumor']} tumor), score {score_field}  AUC {rep['auc']:.4f}  "
-               f"95% CI [{ci['low']:.4f}, {ci['high']:.4f}]")
+               f"{_ci_text(rep['auc_ci'])}")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
@@ -733,7 +737,8 @@ def evaluate_froc_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
                         allow_empty=allow_empty)
     sens = "  ".join(f"{k}:{v:.3f}" for k, v in rep["sensitivity_at"].items())
     click.echo(f"FROC: {rep['n_slides']} slides ({rep['n_tumor_slides']} with tumor), {rep['n_lesions']} lesions "
-               f"({rep['n_itc']} ITC ignored)  score {rep['froc_score']:.4f}")
+               f"({rep['n_itc']} ITC ignored)  score {rep['froc_score']:.4f}  "
+               f"{_ci_text(rep['froc_ci'])} (bootstrap over slides)")
     click.echo(f"  sensitivity at FPs/slide  {sens}")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
@@ -791,6 +796,8 @@ def evaluate_tune_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
     b = rep["best_slide_auc"]
     where = "with the lesion scorer" if b["map"] == "scorer" else f"at smooth {b['smooth']:g}"
     click.echo(f"best slide AUC {b['slide_auc']:.4f} {where} (FROC there {b['froc']:.4f})")
+    f = rep["best_froc"]
+    click.echo(f"best FROC {f['froc']:.4f} {_ci_text(rep['best_froc_ci'])} (bootstrap over slides)")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 

@@ -922,6 +922,59 @@ def froc_score(fps_per_slide: np.ndarray, sensitivity: np.ndarray,
     return float(np.mean(sens_at)), sens_at
 
 
+def bootstrap_froc_ci(matches: Sequence[SlideMatch], n_boot: int = 1000, confidence: float = 0.95,
+                      seed: int = 0, eval_fps: Sequence[float] = FROC_EVAL_FPS) -> dict[str, Any]:
+    """Percentile bootstrap interval of the FROC score, resampling slides.
+
+    Each resample draws ``len(matches)`` slides with replacement (a slide
+    drawn twice counts twice: its lesions, its false positives and the
+    slide count) and recomputes :func:`froc_curve` and :func:`froc_score`.
+    Slides are the unit because detections and lesions of one slide are
+    not independent. Slides made from the same patients (mosaics) are not
+    independent either; the interval then is too narrow, if anything.
+
+    Parameters
+    ----------
+    matches : sequence of SlideMatch
+        One per slide (:attr:`FrocResult.matches`).
+    n_boot : int
+        Number of resamples.
+    confidence : float
+        Two-sided level, e.g. 0.95 for the 2.5 and 97.5 percentiles.
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    dict
+        ``low, high, confidence, n_boot, n_used, seed`` (resamples without
+        a lesion are skipped); low/high NaN when no resample was usable.
+    """
+    if n_boot < 1:
+        raise WsiheatError(f"bootstrap: number of resamples must be >= 1 (got {n_boot})")
+    if not 0 < confidence < 1:
+        raise WsiheatError(f"bootstrap: confidence must be in (0, 1) (got {confidence})")
+    if not matches:
+        raise WsiheatError("FROC: no slides")
+    rng = np.random.default_rng(seed)
+    n = len(matches)
+    tumors = np.array([m.num_tumors for m in matches])
+    scores = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if tumors[idx].sum() == 0:
+            continue
+        fps, sens, _ = froc_curve([matches[i] for i in idx])
+        scores.append(froc_score(fps, sens, eval_fps)[0])
+    alpha = (1 - confidence) / 2
+    if scores:
+        lo, hi = np.quantile(np.asarray(scores), [alpha, 1 - alpha])
+    else:
+        lo = hi = float("nan")
+    return {"low": float(lo), "high": float(hi), "confidence": confidence, "n_boot": n_boot,
+            "n_used": len(scores), "seed": seed}
+
+
 def read_detections(path: str | os.PathLike, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read a CAMELYON16 detection CSV: rows ``prob,x,y`` (level-0 pixels), optional header.
 
@@ -1196,6 +1249,7 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
                           "lesions": m.num_tumors, "itc": len(m.itc), "lesions_hit": n_hit})
     rep = {
         "froc_score": res.score,
+        "froc_ci": bootstrap_froc_ci(res.matches),
         "sensitivity_at": {str(f): float(s) for f, s in zip(res.eval_fps, res.sensitivities)},
         "n_slides": len(res.matches),
         "n_tumor_slides": sum(1 for m in res.matches if m.hit_labels is not None),
@@ -1444,6 +1498,7 @@ def tune_postprocessing(results: str | os.PathLike, ground_truth: Sequence[str |
     # (sigma, scorer): the smoothed map at each sigma, then the scorer's map (recorded with sigma NaN)
     maps_to_try = [(sig, None) for sig in grid["smooth"]] + ([(float("nan"), scorer)] if scorer is not None else [])
     combos = [(m, t, r) for m in maps_to_try for t in grid["lesion_threshold"] for r in grid["nms_radius"]]
+    matches_of = []  # per row, in the order of combos (for the best row's bootstrap interval)
     for (sig, sc_model), t, r in tqdm(combos, desc="tune", unit="setting", disable=None if progress else True):
         scores, detections = [], {}
         for n in names:
@@ -1453,13 +1508,19 @@ def tune_postprocessing(results: str | os.PathLike, ground_truth: Sequence[str |
             scores.append(sc)
         auc = roc_auc(labels, np.asarray(scores)) if 0 < labels.sum() < len(labels) else float("nan")
         fr = froc_from_arrays(detections, masks, mpp, level)
+        matches_of.append(fr.matches)
         rows.append({"smooth": sig, "lesion_threshold": t, "nms_radius": r, "slide_auc": auc, "froc": fr.score,
                      **{f"sensitivity_at_{f:g}": float(v) for f, v in zip(fr.eval_fps, fr.sensitivities)},
                      "candidates_per_slide": float(np.mean([len(d[0]) for d in detections.values()])),
                      "map": "smoothed" if sc_model is None else "scorer"})
+    for i, row in enumerate(rows):
+        row["_i"] = i
     # best first: FROC, then slide AUC, then the least smoothing / the highest threshold (simplest)
     rows.sort(key=lambda r: (-r["froc"], -np.nan_to_num(r["slide_auc"], nan=-1.0),
                              np.nan_to_num(r["smooth"], nan=-1.0), -r["lesion_threshold"], r["nms_radius"]))
+    best_ci = bootstrap_froc_ci(matches_of[rows[0]["_i"]])
+    for row in rows:
+        del row["_i"]
     best_auc = max(rows, key=lambda r: (np.nan_to_num(r["slide_auc"], nan=-1.0), r["froc"]))
     out = ensure_out_dir(out_dir)
     files_out = {"table": "tune_table.csv", "report": "tune_report.json", "plot": "tune.png"}
@@ -1468,7 +1529,7 @@ def tune_postprocessing(results: str | os.PathLike, ground_truth: Sequence[str |
                                                for r in rows])
     plot_tuning(out / files_out["plot"], rows, grid)
     rep = {"n_slides": len(names), "n_tumor_slides": int(labels.sum()), "mpp": mpp, "level": level,
-           "grid": grid, "best_froc": rows[0], "best_slide_auc": best_auc, "rows": rows,
+           "grid": grid, "best_froc": rows[0], "best_froc_ci": best_ci, "best_slide_auc": best_auc, "rows": rows,
            "results": str(results), "ground_truth": [str(g) for g in ground_truth] if ground_truth else [],
            "reference": str(reference) if reference is not None else None, "files": files_out}
     write_json(out / files_out["report"], rep)
