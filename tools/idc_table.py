@@ -27,6 +27,11 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _ci(ci: dict | None) -> str:
+    """' [low, high]' of a bootstrap interval, or '' (reports written before intervals existed)."""
+    return "" if not ci else f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
 def patch_rows(work: Path) -> list[str]:
     """One markdown row per ``evaluate patches`` report under `work`."""
     rows = []
@@ -50,8 +55,9 @@ def slide_rows(work: Path) -> list[str]:
         froc_path = work / f"{stem}_froc" / "froc_report.json"
         f = _load(froc_path) if froc_path.exists() else None
         rows.append(
-            f"| {s['results']} ({s['score_field']}) | {s['n']} ({s['n_tumor']} tumor) | {_fmt(s['auc'])} "
-            f"| {_fmt(f['froc_score']) if f else ''} | {f['n_lesions'] if f else ''} |"
+            f"| {s['results']} ({s['score_field']}) | {s['n']} ({s['n_tumor']} tumor) | {_fmt(s['auc'])}"
+            f"{_ci(s.get('auc_ci'))} | {_fmt(f['froc_score']) + _ci(f.get('froc_ci')) if f else ''} "
+            f"| {f['n_lesions'] if f else ''} |"
         )
     return rows
 
@@ -62,7 +68,7 @@ def tune_rows(work: Path) -> list[str]:
     rows = []
     for path in sorted(work.glob("*/tune_report.json")):
         t = _load(path)
-        for row in t["rows"]:
+        for i, row in enumerate(t["rows"]):
             default = row["smooth"] == SMOOTH_SIGMA and row["lesion_threshold"] == 0.5 and row["nms_radius"] == 4
             if row.get("map") != "scorer" and not default:
                 continue
@@ -70,7 +76,7 @@ def tune_rows(work: Path) -> list[str]:
             rows.append(
                 f"| {path.parent.name} | {t['n_slides']} ({t['n_tumor_slides']} tumor) | {setting}, "
                 f"threshold {row['lesion_threshold']}, NMS {row['nms_radius']:g} "
-                f"| {_fmt(row['slide_auc'])} | {_fmt(row['froc'])} |"
+                f"| {_fmt(row['slide_auc'])} | {_fmt(row['froc'])}{_ci(t.get('best_froc_ci')) if i == 0 else ''} |"
             )
     return rows
 
@@ -83,9 +89,10 @@ def main(argv: list[str]) -> int:
     tables = [
         ("Patch level", "| report | model | TTA | patches | AUC | balanced accuracy (0.5) | sensitivity | specificity |",
          patch_rows(work)),
-        ("Slide and lesion level", "| heatmaps (slide score) | slides | slide AUC | lesion FROC | lesions |",
+        ("Slide and lesion level (95 % bootstrap intervals)",
+         "| heatmaps (slide score) | slides | slide AUC | lesion FROC | lesions |",
          slide_rows(work)),
-        ("Pooled sets (evaluate tune)", "| report | slides | setting | slide AUC | lesion FROC |", tune_rows(work)),
+        ("Pooled sets (evaluate tune; interval: best row)", "| report | slides | setting | slide AUC | lesion FROC |", tune_rows(work)),
     ]
     found = False
     for title, header, rows in tables:
