@@ -1498,7 +1498,7 @@ def tune_postprocessing(results: str | os.PathLike, ground_truth: Sequence[str |
     # (sigma, scorer): the smoothed map at each sigma, then the scorer's map (recorded with sigma NaN)
     maps_to_try = [(sig, None) for sig in grid["smooth"]] + ([(float("nan"), scorer)] if scorer is not None else [])
     combos = [(m, t, r) for m in maps_to_try for t in grid["lesion_threshold"] for r in grid["nms_radius"]]
-    matches_of = []  # per row, in the order of combos (for the best row's bootstrap interval)
+    matches_of = []  # per row before sorting (for the best row's bootstrap interval)
     for (sig, sc_model), t, r in tqdm(combos, desc="tune", unit="setting", disable=None if progress else True):
         scores, detections = [], {}
         for n in names:
@@ -1513,14 +1513,12 @@ def tune_postprocessing(results: str | os.PathLike, ground_truth: Sequence[str |
                      **{f"sensitivity_at_{f:g}": float(v) for f, v in zip(fr.eval_fps, fr.sensitivities)},
                      "candidates_per_slide": float(np.mean([len(d[0]) for d in detections.values()])),
                      "map": "smoothed" if sc_model is None else "scorer"})
-    for i, row in enumerate(rows):
-        row["_i"] = i
     # best first: FROC, then slide AUC, then the least smoothing / the highest threshold (simplest)
-    rows.sort(key=lambda r: (-r["froc"], -np.nan_to_num(r["slide_auc"], nan=-1.0),
-                             np.nan_to_num(r["smooth"], nan=-1.0), -r["lesion_threshold"], r["nms_radius"]))
-    best_ci = bootstrap_froc_ci(matches_of[rows[0]["_i"]])
-    for row in rows:
-        del row["_i"]
+    order = sorted(range(len(rows)), key=lambda i: (
+        -rows[i]["froc"], -np.nan_to_num(rows[i]["slide_auc"], nan=-1.0),
+        np.nan_to_num(rows[i]["smooth"], nan=-1.0), -rows[i]["lesion_threshold"], rows[i]["nms_radius"]))
+    rows = [rows[i] for i in order]
+    best_ci = bootstrap_froc_ci(matches_of[order[0]])
     best_auc = max(rows, key=lambda r: (np.nan_to_num(r["slide_auc"], nan=-1.0), r["froc"]))
     out = ensure_out_dir(out_dir)
     files_out = {"table": "tune_table.csv", "report": "tune_report.json", "plot": "tune.png"}
