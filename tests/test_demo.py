@@ -47,6 +47,14 @@ def test_demo_quick_produces_every_output(tmp_path):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert 0.0 <= summary["patch_auc"] <= 1.0 and 0.0 <= summary["froc"] <= 1.0
     assert len(summary["overlays"]) == len(test_slides) + len(real)
+    # the figures come with their bootstrap intervals, as in the reports, and the number of slides behind them
+    froc_rep = json.loads((out / "reports" / "froc" / "froc_report.json").read_text())
+    slide_rep = json.loads((out / "reports" / "slides" / "slide_report.json").read_text())
+    assert summary["froc_ci"] == froc_rep["froc_ci"] and summary["slide_auc_ci"] == slide_rep["auc_ci"]
+    assert summary["test_slides"] == len(test_slides)
+    c = summary["froc_ci"]
+    assert f"lesion FROC {summary['froc']:.3f} [{c['low']:.3f}, {c['high']:.3f}] over {len(test_slides)} test" \
+        in r.stdout
     # `evaluate tune` at the heatmap defaults reproduces the demo's slide AUC and FROC from the raw maps
     from wsiheat.slide import Slide
     with Slide(DATA / "mosaics" / "test" / f"{test_slides[0]}.tif") as s:
