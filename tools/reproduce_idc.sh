@@ -6,7 +6,7 @@
 #   WORK_DIR  where everything is written (default: idc-run)
 #   IDC_DIR   the labeled IDC patches (default: ../shared/data/idc beside this checkout)
 #
-# About 4 hours on a 2-core CPU (training is most of it); ImageNet weights must be cached
+# About 4.5 hours on a 2-core CPU (training is most of it); ImageNet weights must be cached
 # (`wsiheat weights`). Patients are split 80/20 with seed 0; the 41 test patients are never seen
 # in training; validation uses 15 % of the training patients (seed 0) in every stage.
 set -euo pipefail
