@@ -159,6 +159,46 @@ def test_bootstrap_interval_contains_auc_and_is_seeded():
     assert ci != E.bootstrap_auc_ci(y, s, n_boot=500, seed=4)
 
 
+def test_patch_bootstrap_resamples_slides():
+    rng = np.random.default_rng(7)
+    groups = np.repeat(np.arange(20), 50)
+    y = rng.random(groups.size) < 0.35
+    # a strong slide effect (stain, patient) shifts every score of a slide: patches are not independent
+    s = 1 / (1 + np.exp(-(1.5 * y - 0.75 + rng.normal(0, 1.5, 20)[groups] + rng.normal(0, 0.8, groups.size))))
+    auc = E.roc_auc(y, s)
+    bacc = E.binary_metrics(y, s, 0.5)["balanced_accuracy"]
+    by_slide = E.bootstrap_patch_ci(y, s, groups, n_boot=300, seed=1)
+    by_patch = E.bootstrap_patch_ci(y, s, None, n_boot=300, seed=1)
+    assert by_slide["unit"] == "slide" and by_slide["n_units"] == 20 and by_slide["n_used"] == 300
+    assert by_patch["unit"] == "patch" and by_patch["n_units"] == groups.size
+    for ci in (by_slide, by_patch):
+        assert ci["auc"]["low"] < auc < ci["auc"]["high"]
+        assert ci["balanced_accuracy"]["low"] < bacc < ci["balanced_accuracy"]["high"]
+
+    def width(ci, key):
+        return ci[key]["high"] - ci[key]["low"]
+
+    # ignoring the slides understates the uncertainty
+    assert width(by_slide, "auc") > 1.5 * width(by_patch, "auc")
+    assert width(by_slide, "balanced_accuracy") > 1.2 * width(by_patch, "balanced_accuracy")
+    assert by_slide == E.bootstrap_patch_ci(y, s, groups, n_boot=300, seed=1)
+    # one slide: every resample is that slide, the interval is the figure itself
+    one = E.bootstrap_patch_ci(y, s, np.zeros(groups.size, int), n_boot=20)
+    assert one["auc"]["low"] == one["auc"]["high"] == auc
+    assert one["balanced_accuracy"]["low"] == pytest.approx(bacc) == one["balanced_accuracy"]["high"]
+    # one class only: no usable resample
+    none = E.bootstrap_patch_ci(np.zeros(10), np.linspace(0, 1, 10), n_boot=5)
+    assert none["n_used"] == 0 and np.isnan(none["auc"]["low"])
+    with pytest.raises(WsiheatError, match="groups"):
+        E.bootstrap_patch_ci(y, s, groups[:-1])
+    with pytest.raises(WsiheatError, match="resamples"):
+        E.bootstrap_patch_ci(y, s, groups, n_boot=0)
+    # the patch report carries it, over slides
+    rep = E.patch_report(y, s, groups, [f"s{i}" for i in range(20)])
+    assert rep["ci"] == E.bootstrap_patch_ci(y, s, groups)
+    assert E.patch_report(np.zeros(4), np.linspace(0, 1, 4))["ci"] is None
+
+
 # ---------------------------------------------------------------------------------
 # FROC building blocks, hand-computed
 # ---------------------------------------------------------------------------------
@@ -730,6 +770,13 @@ def test_cli_patches(tmp_path, capsys):
     assert rep["at_youden"]["balanced_accuracy"] >= rep["at_0.5"]["balanced_accuracy"] - 1e-12
     per = {p["slide"]: p for p in rep["per_slide"]}
     assert per["alpha"]["n"] == 50 and per["beta"]["n"] == 20 and per["beta"]["auc"] is None
+    # intervals over the 2 slides, printed beside the figures
+    ci = rep["ci"]
+    assert ci["unit"] == "slide" and ci["n_units"] == 2 and 0 < ci["n_used"] < ci["n_boot"]
+    assert ci["auc"]["low"] <= rep["auc"] <= ci["auc"]["high"]
+    assert f"AUC {rep['auc']:.4f} [{ci['auc']['low']:.4f}, {ci['auc']['high']:.4f}]" in stdout
+    bacc = rep["at_0.5"]["balanced_accuracy"]
+    assert f"balanced accuracy {bacc:.4f} [" in stdout and "bootstrap intervals over 2 slides" in stdout
     preds = (out / "patch_predictions.csv").read_text().splitlines()
     assert len(preds) == N + 1
     assert np.allclose([float(r.split(",")[-1]) for r in preds[1:]], expected, atol=1e-6)

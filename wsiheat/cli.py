@@ -645,10 +645,18 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     def f(v):
         return "n/a" if v is None or v != v else f"{v:.4f}"
 
-    a, b = rep["at_0.5"], rep["at_youden"] or {}
-    click.echo(f"patches: {rep['n']} ({rep['n_tumor']} tumor)  AUC {f(rep['auc'])}")
-    click.echo(f"  at 0.5:    accuracy {f(a['accuracy'])}  sensitivity {f(a['sensitivity'])}  "
+    a, b, ci = rep["at_0.5"], rep["at_youden"] or {}, rep.get("ci")
+
+    def interval(key):
+        return "" if not ci else f" [{f(ci[key]['low'])}, {f(ci[key]['high'])}]"
+
+    click.echo(f"patches: {rep['n']} ({rep['n_tumor']} tumor)  AUC {f(rep['auc'])}{interval('auc')}")
+    click.echo(f"  at 0.5:    balanced accuracy {f(a['balanced_accuracy'])}{interval('balanced_accuracy')}  "
+               f"accuracy {f(a['accuracy'])}  sensitivity {f(a['sensitivity'])}  "
                f"specificity {f(a['specificity'])}  F1 {f(a['f1'])}")
+    if ci:
+        click.echo(f"  [ ]: {ci['confidence'] * 100:g}% bootstrap intervals over {ci['n_units']} "
+                   f"{ci['unit']}s (patients of an imported patch set)")
     if b:
         click.echo(f"  at Youden {b['threshold']:.4g}: accuracy {f(b['accuracy'])}  sensitivity "
                    f"{f(b['sensitivity'])}  specificity {f(b['specificity'])}  F1 {f(b['f1'])}")

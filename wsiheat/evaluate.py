@@ -313,6 +313,74 @@ def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000,
 # Patch level
 # =====================================================================================
 
+def bootstrap_patch_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None = None,
+                       n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+                       threshold: float = 0.5) -> dict[str, Any]:
+    """Percentile bootstrap intervals of the patch AUC and balanced accuracy, resampling groups.
+
+    Patches of one slide (one patient) are not independent, so each
+    resample draws whole groups with replacement (all their patches), as
+    many groups as there are; without ``groups`` it draws single patches.
+
+    Parameters
+    ----------
+    labels, scores : ndarray, shape (n,)
+    groups : ndarray, shape (n,), optional
+        Group (slide) of each patch.
+    n_boot, confidence, seed
+        As for :func:`bootstrap_auc_ci`.
+    threshold : float
+        Decision threshold of the balanced accuracy.
+
+    Returns
+    -------
+    dict
+        ``auc`` and ``balanced_accuracy``, each ``{low, high}``; ``unit``
+        (``"slide"`` or ``"patch"``), ``n_units``, ``confidence``,
+        ``n_boot``, ``n_used`` (resamples with a single class are
+        skipped), ``seed``, ``threshold``. NaN bounds when no resample was
+        usable.
+    """
+    if n_boot < 1:
+        raise WsiheatError(f"bootstrap: number of resamples must be >= 1 (got {n_boot})")
+    if not 0 < confidence < 1:
+        raise WsiheatError(f"bootstrap: confidence must be in (0, 1) (got {confidence})")
+    y, s = _check_labels_scores(labels, scores, "patches")
+    if groups is None:
+        members = [np.array([i]) for i in range(y.size)]
+    else:
+        groups = np.asarray(groups).reshape(-1)
+        if groups.size != y.size:
+            raise WsiheatError(f"bootstrap: {groups.size} groups for {y.size} patches")
+        _, inverse = np.unique(groups, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    rng = np.random.default_rng(seed)
+    aucs, baccs = [], []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[g] for g in pick])
+        yy, ss = y[idx], s[idx]
+        n1 = int(yy.sum())
+        if n1 == 0 or n1 == yy.size:
+            continue
+        aucs.append(roc_auc(yy, ss))
+        pred = ss >= threshold
+        baccs.append(0.5 * (pred[yy].mean() + (~pred[~yy]).mean()))
+    alpha = (1 - confidence) / 2
+
+    def bounds(values: list[float]) -> dict[str, float]:
+        if not values:
+            return {"low": float("nan"), "high": float("nan")}
+        lo, hi = np.quantile(np.asarray(values), [alpha, 1 - alpha])
+        return {"low": float(lo), "high": float(hi)}
+
+    return {"auc": bounds(aucs), "balanced_accuracy": bounds(baccs),
+            "unit": "patch" if groups is None else "slide", "n_units": len(members), "confidence": confidence,
+            "n_boot": n_boot, "n_used": len(aucs), "seed": seed, "threshold": threshold}
+
+
+
 def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray | None = None,
                  slide_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Patch-level metrics, overall and per slide.
@@ -327,8 +395,9 @@ def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray |
     Returns
     -------
     dict
-        ``n, n_tumor, auc, youden_threshold, at_0.5, at_youden`` and
-        ``per_slide`` (one entry per slide present: ``slide, n, n_tumor, auc``
+        ``n, n_tumor, auc, youden_threshold, at_0.5, at_youden``, ``ci``
+        (:func:`bootstrap_patch_ci` over slides when ``slide_ids`` is given;
+        None with a single class) and ``per_slide`` (one entry per slide present: ``slide, n, n_tumor, auc``
         (NaN with a single class), ``at_0.5``).
     """
     y, s = _check_labels_scores(labels, scores, "patches")
@@ -341,6 +410,8 @@ def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray |
         "youden_threshold": yt,
         "at_0.5": binary_metrics(y, s, 0.5),
         "at_youden": binary_metrics(y, s, yt) if not math.isnan(yt) else None,
+        # 95 % intervals of the AUC and the balanced accuracy at 0.5, resampling slides when known
+        "ci": bootstrap_patch_ci(y, s, slide_ids) if 0 < y.sum() < y.size else None,
     }
     if slide_ids is not None:
         slide_ids = np.asarray(slide_ids)
