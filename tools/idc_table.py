@@ -40,7 +40,8 @@ def patch_rows(work: Path) -> list[str]:
         at = r["at_0.5"]
         rows.append(
             f"| {path.parent.name} | {Path(r['model']).name} | {'yes' if r.get('tta') else 'no'} "
-            f"| {r['n']} ({r['n_tumor']} tumor) | {_fmt(r['auc'])} | {_fmt(at['balanced_accuracy'])} "
+            f"| {r['n']} ({r['n_tumor']} tumor) | {_fmt(r['auc'])}{_ci((r.get('ci') or {}).get('auc'))} "
+            f"| {_fmt(at['balanced_accuracy'])}{_ci((r.get('ci') or {}).get('balanced_accuracy'))} "
             f"| {_fmt(at['sensitivity'])} | {_fmt(at['specificity'])} |"
         )
     return rows
