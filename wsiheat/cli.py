@@ -654,12 +654,12 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     click.echo(f"  at 0.5:    balanced accuracy {f(a['balanced_accuracy'])}{interval('balanced_accuracy')}  "
                f"accuracy {f(a['accuracy'])}  sensitivity {f(a['sensitivity'])}  "
                f"specificity {f(a['specificity'])}  F1 {f(a['f1'])}")
-    if ci:
-        click.echo(f"  [ ]: {ci['confidence'] * 100:g}% bootstrap intervals over {ci['n_units']} "
-                   f"{ci['unit']}s (patients of an imported patch set)")
     if b:
         click.echo(f"  at Youden {b['threshold']:.4g}: accuracy {f(b['accuracy'])}  sensitivity "
                    f"{f(b['sensitivity'])}  specificity {f(b['specificity'])}  F1 {f(b['f1'])}")
+    if ci:
+        click.echo(f"  [ ]: {ci['confidence'] * 100:g}% bootstrap intervals over {ci['n_units']} "
+                   f"{ci['unit']}s (of imported patches: patients)")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
