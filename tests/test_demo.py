@@ -52,6 +52,8 @@ def test_demo_quick_produces_every_output(tmp_path):
     slide_rep = json.loads((out / "reports" / "slides" / "slide_report.json").read_text())
     assert summary["froc_ci"] == froc_rep["froc_ci"] and summary["slide_auc_ci"] == slide_rep["auc_ci"]
     assert summary["test_slides"] == len(test_slides)
+    patch_rep = json.loads((out / "reports" / "patches" / "patch_report.json").read_text())
+    assert summary["patch_ci"] == patch_rep["ci"] and patch_rep["ci"]["unit"] == "slide"
     c = summary["froc_ci"]
     assert f"lesion FROC {summary['froc']:.3f} [{c['low']:.3f}, {c['high']:.3f}] over {len(test_slides)} test" \
         in r.stdout

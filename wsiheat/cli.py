@@ -888,10 +888,12 @@ def demo_cmd(data_dir: str, out_dir: str, quick: bool, weights: str, epochs: int
     def ci(c):
         return "" if not c else f" [{f(c['low'])}, {f(c['high'])}]"
 
-    click.echo(f"Patch AUC {f(s['patch_auc'])} (balanced accuracy {f(s['patch_balanced_accuracy'])}), "
+    pci = s.get("patch_ci") or {}
+    click.echo(f"Patch AUC {f(s['patch_auc'])}{ci(pci.get('auc'))} (balanced accuracy "
+               f"{f(s['patch_balanced_accuracy'])}{ci(pci.get('balanced_accuracy'))}), "
                f"slide AUC {f(s['slide_auc'])}{ci(s.get('slide_auc_ci'))}, lesion FROC {f(s['froc'])}"
-               f"{ci(s.get('froc_ci'))} over {s.get('test_slides', '?')} test slides (95 % bootstrap intervals: "
-               f"a few slides say little)")
+               f"{ci(s.get('froc_ci'))} over {s.get('test_slides', '?')} test slides (95 % bootstrap intervals "
+               f"over slides: a few slides say little)")
     click.echo("Overlays (heatmap over the slide):")
     for p in s["overlays"]:
         click.echo(f"  {p}")

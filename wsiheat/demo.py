@@ -166,6 +166,7 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
                                 level=2, allow_empty=True, progress=False)
     summary["patch_auc"] = pr.get("auc")
     summary["patch_balanced_accuracy"] = pr.get("at_0.5", {}).get("balanced_accuracy")
+    summary["patch_ci"] = pr.get("ci")
     summary["slide_auc"] = sr.get("auc")
     summary["slide_auc_ci"] = sr.get("auc_ci")
     summary["froc"] = fr.get("froc_score")
