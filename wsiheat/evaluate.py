@@ -264,6 +264,22 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     }
 
 
+def _check_bootstrap(n_boot: int, confidence: float) -> None:
+    if n_boot < 1:
+        raise WsiheatError(f"bootstrap: number of resamples must be >= 1 (got {n_boot})")
+    if not 0 < confidence < 1:
+        raise WsiheatError(f"bootstrap: confidence must be in (0, 1) (got {confidence})")
+
+
+def _percentile_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
+    """(low, high) percentiles of bootstrap values at a two-sided level; NaN, NaN without values."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(np.asarray(values, np.float64), [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, confidence: float = 0.95,
                      seed: int = 0) -> dict[str, Any]:
     """Percentile bootstrap interval of the ROC AUC.
@@ -284,10 +300,7 @@ def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000,
         ``low, high, confidence, n_boot, n_used`` (resamples with a single
         class are skipped); low/high NaN when no resample was usable.
     """
-    if n_boot < 1:
-        raise WsiheatError(f"bootstrap: number of resamples must be >= 1 (got {n_boot})")
-    if not 0 < confidence < 1:
-        raise WsiheatError(f"bootstrap: confidence must be in (0, 1) (got {confidence})")
+    _check_bootstrap(n_boot, confidence)
     y, s = _check_labels_scores(labels, scores)
     rng = np.random.default_rng(seed)
     aucs = []
@@ -300,13 +313,8 @@ def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000,
             continue
         ranks = average_ranks(s[idx])
         aucs.append((ranks[yy].sum() - n1 * (n1 + 1) / 2.0) / (n1 * (n - n1)))
-    alpha = (1 - confidence) / 2
-    if aucs:
-        lo, hi = np.quantile(np.asarray(aucs), [alpha, 1 - alpha])
-    else:
-        lo = hi = float("nan")
-    return {"low": float(lo), "high": float(hi), "confidence": confidence, "n_boot": n_boot,
-            "n_used": len(aucs), "seed": seed}
+    lo, hi = _percentile_interval(aucs, confidence)
+    return {"low": lo, "high": hi, "confidence": confidence, "n_boot": n_boot, "n_used": len(aucs), "seed": seed}
 
 
 # =====================================================================================
@@ -341,10 +349,7 @@ def bootstrap_patch_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarra
         skipped), ``seed``, ``threshold``. NaN bounds when no resample was
         usable.
     """
-    if n_boot < 1:
-        raise WsiheatError(f"bootstrap: number of resamples must be >= 1 (got {n_boot})")
-    if not 0 < confidence < 1:
-        raise WsiheatError(f"bootstrap: confidence must be in (0, 1) (got {confidence})")
+    _check_bootstrap(n_boot, confidence)
     y, s = _check_labels_scores(labels, scores, "patches")
     if groups is None:
         members = [np.array([i]) for i in range(y.size)]
@@ -367,15 +372,9 @@ def bootstrap_patch_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarra
         aucs.append(roc_auc(yy, ss))
         pred = ss >= threshold
         baccs.append(0.5 * (pred[yy].mean() + (~pred[~yy]).mean()))
-    alpha = (1 - confidence) / 2
-
-    def bounds(values: list[float]) -> dict[str, float]:
-        if not values:
-            return {"low": float("nan"), "high": float("nan")}
-        lo, hi = np.quantile(np.asarray(values), [alpha, 1 - alpha])
-        return {"low": float(lo), "high": float(hi)}
-
-    return {"auc": bounds(aucs), "balanced_accuracy": bounds(baccs),
+    bounds = {k: dict(zip(("low", "high"), _percentile_interval(v, confidence)))
+              for k, v in (("auc", aucs), ("balanced_accuracy", baccs))}
+    return {**bounds,
             "unit": "patch" if groups is None else "slide", "n_units": len(members), "confidence": confidence,
             "n_boot": n_boot, "n_used": len(aucs), "seed": seed, "threshold": threshold}
 
@@ -1021,10 +1020,7 @@ def bootstrap_froc_ci(matches: Sequence[SlideMatch], n_boot: int = 1000, confide
         ``low, high, confidence, n_boot, n_used, seed`` (resamples without
         a lesion are skipped); low/high NaN when no resample was usable.
     """
-    if n_boot < 1:
-        raise WsiheatError(f"bootstrap: number of resamples must be >= 1 (got {n_boot})")
-    if not 0 < confidence < 1:
-        raise WsiheatError(f"bootstrap: confidence must be in (0, 1) (got {confidence})")
+    _check_bootstrap(n_boot, confidence)
     if not matches:
         raise WsiheatError("FROC: no slides")
     rng = np.random.default_rng(seed)
@@ -1037,13 +1033,8 @@ def bootstrap_froc_ci(matches: Sequence[SlideMatch], n_boot: int = 1000, confide
             continue
         fps, sens, _ = froc_curve([matches[i] for i in idx])
         scores.append(froc_score(fps, sens, eval_fps)[0])
-    alpha = (1 - confidence) / 2
-    if scores:
-        lo, hi = np.quantile(np.asarray(scores), [alpha, 1 - alpha])
-    else:
-        lo = hi = float("nan")
-    return {"low": float(lo), "high": float(hi), "confidence": confidence, "n_boot": n_boot,
-            "n_used": len(scores), "seed": seed}
+    lo, hi = _percentile_interval(scores, confidence)
+    return {"low": lo, "high": hi, "confidence": confidence, "n_boot": n_boot, "n_used": len(scores), "seed": seed}
 
 
 def read_detections(path: str | os.PathLike, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
