@@ -191,6 +191,8 @@ def test_patch_bootstrap_resamples_slides():
     assert none["n_used"] == 0 and np.isnan(none["auc"]["low"])
     with pytest.raises(WsiheatError, match="groups"):
         E.bootstrap_patch_ci(y, s, groups[:-1])
+    with pytest.raises(WsiheatError, match="no patches"):
+        E.bootstrap_patch_ci(np.zeros(0), np.zeros(0))
     with pytest.raises(WsiheatError, match="resamples"):
         E.bootstrap_patch_ci(y, s, groups, n_boot=0)
     # the patch report carries it, over slides

@@ -351,20 +351,22 @@ def bootstrap_patch_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarra
     """
     _check_bootstrap(n_boot, confidence)
     y, s = _check_labels_scores(labels, scores, "patches")
-    if groups is None:
-        members = [np.array([i]) for i in range(y.size)]
-    else:
+    if y.size == 0:
+        raise WsiheatError("patches: no patches to resample")
+    members = None  # per group, its patch indices (None: every patch is its own group)
+    if groups is not None:
         groups = np.asarray(groups).reshape(-1)
         if groups.size != y.size:
             raise WsiheatError(f"bootstrap: {groups.size} groups for {y.size} patches")
         _, inverse = np.unique(groups, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    n_units = y.size if members is None else len(members)
     rng = np.random.default_rng(seed)
     aucs, baccs = [], []
     for _ in range(n_boot):
-        pick = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[g] for g in pick])
+        pick = rng.integers(0, n_units, n_units)
+        idx = pick if members is None else np.concatenate([members[g] for g in pick])
         yy, ss = y[idx], s[idx]
         n1 = int(yy.sum())
         if n1 == 0 or n1 == yy.size:
@@ -375,9 +377,8 @@ def bootstrap_patch_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarra
     bounds = {k: dict(zip(("low", "high"), _percentile_interval(v, confidence)))
               for k, v in (("auc", aucs), ("balanced_accuracy", baccs))}
     return {**bounds,
-            "unit": "patch" if groups is None else "slide", "n_units": len(members), "confidence": confidence,
+            "unit": "patch" if members is None else "slide", "n_units": n_units, "confidence": confidence,
             "n_boot": n_boot, "n_used": len(aucs), "seed": seed, "threshold": threshold}
-
 
 
 def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray | None = None,
