@@ -135,9 +135,14 @@ def tissue_cmd(slide: str, output: str, downsample: float, mask_out: str | None,
                f"-> {output}" + (f", {mask_out}" if mask_out else ""))
 
 
+def _bounds(ci: dict | None, fmt) -> str:
+    """' [low, high]' of an interval dict with ``low``/``high`` (numbers written by ``fmt``); '' for None."""
+    return "" if not ci else f" [{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
+
 def _ci_text(ci: dict) -> str:
     """'95% CI [low, high]' of a bootstrap interval dict (bootstrap_auc_ci, bootstrap_froc_ci)."""
-    return f"{ci['confidence'] * 100:g}% CI [{ci['low']:.4f}, {ci['high']:.4f}]"
+    return f"{ci['confidence'] * 100:g}% CI" + _bounds(ci, lambda v: f"{v:.4f}")
 
 
 def _is_number(text: str) -> bool:
@@ -648,7 +653,7 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     a, b, ci = rep["at_0.5"], rep["at_youden"] or {}, rep.get("ci")
 
     def interval(key):
-        return "" if not ci else f" [{f(ci[key]['low'])}, {f(ci[key]['high'])}]"
+        return _bounds(ci and ci[key], f)
 
     click.echo(f"patches: {rep['n']} ({rep['n_tumor']} tumor)  AUC {f(rep['auc'])}{interval('auc')}")
     click.echo(f"  at 0.5:    balanced accuracy {f(a['balanced_accuracy'])}{interval('balanced_accuracy')}  "
@@ -886,7 +891,7 @@ def demo_cmd(data_dir: str, out_dir: str, quick: bool, weights: str, epochs: int
 
     click.secho(f"\nDone in {s['seconds']:.0f} s. Weights: {s['weights']}", bold=True)
     def ci(c):
-        return "" if not c else f" [{f(c['low'])}, {f(c['high'])}]"
+        return _bounds(c, f)
 
     pci = s.get("patch_ci") or {}
     click.echo(f"Patch AUC {f(s['patch_auc'])}{ci(pci.get('auc'))} (balanced accuracy "

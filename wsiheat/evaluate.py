@@ -1008,12 +1008,10 @@ def bootstrap_froc_ci(matches: Sequence[SlideMatch], n_boot: int = 1000, confide
     ----------
     matches : sequence of SlideMatch
         One per slide (:attr:`FrocResult.matches`).
-    n_boot : int
-        Number of resamples.
-    confidence : float
-        Two-sided level, e.g. 0.95 for the 2.5 and 97.5 percentiles.
-    seed : int
-        Seed of ``numpy.random.default_rng``.
+    n_boot, confidence, seed
+        As for :func:`bootstrap_auc_ci`.
+    eval_fps : sequence of float
+        As for :func:`froc_score`.
 
     Returns
     -------
