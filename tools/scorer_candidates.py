@@ -77,6 +77,19 @@ def load_set(spec: str, level: int, tag: str) -> list[tuple[str, object, object]
     return [(f"{tag}_{n}", maps[n], masks[n]) for n in names]
 
 
+class CandidateMap:
+    """A fitted candidate over one slide's precomputed features, in the shape of a lesion scorer (``apply``)."""
+
+    def __init__(self, clf, feats: np.ndarray):
+        self.clf, self.feats = clf, feats
+
+    def apply(self, prob: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+        t = np.asarray(tissue, bool)
+        out = np.zeros(t.shape)
+        out[t] = self.clf.predict_proba(self.feats[t])[:, 1]
+        return out
+
+
 class Runner:
     def __init__(self, mpp: float, level: int):
         self.mpp, self.level, self.cache = mpp, level, {}
@@ -100,18 +113,17 @@ class Runner:
         return LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(x, y)
 
     def detect(self, slides, clf, kind):
-        from wsiheat.infer import lesions_from_heatmap
+        """Slide scores and lesion points as `wsiheat heatmap` makes them, the candidate's map in place of
+        the lesion scorer's (wsiheat.evaluate.postprocess_scores: threshold 0.5, NMS 4 cells)."""
+        from wsiheat.evaluate import postprocess_scores
 
         dets, masks, scores, labels = {}, {}, [], []
         for n, hm, m in slides:
-            t = np.asarray(hm.tissue, bool)
-            p = np.zeros(t.shape)
-            p[t] = clf.predict_proba(self.feats(n, hm, kind)[t])[:, 1]
-            les = lesions_from_heatmap(p, t, hm.cell_size, 0.5, 4 * hm.cell_size, hm.origin)
-            probs = np.array([float(f"{v:.6f}") for v in les[:, 0]])  # as written to NAME_lesions.csv
-            xy = np.round(les[:, 1:]).astype(np.int64)
-            dets[n], masks[n] = (probs, xy[:, 0], xy[:, 1]), m
-            scores.append(p[t].max() if t.any() else 0.0)
+            cand = CandidateMap(clf, self.feats(n, hm, kind))
+            slide_score, dets[n] = postprocess_scores(hm.probabilities, hm.tissue, hm.cell_size, hm.origin, 0.0,
+                                                   0.5, 4.0, cand)
+            masks[n] = m
+            scores.append(slide_score)
             labels.append(int(m is not None))
         return dets, masks, scores, labels
 
