@@ -17,7 +17,7 @@ DATA = REPO / "data"
 
 def test_demo_quick_produces_every_output(tmp_path):
     if not (DATA / "mosaics" / "train" / "manifest.csv").exists():
-        pytest.skip("embedded demo data missing")
+        pytest.fail(f"embedded demo data missing: {DATA}")
     out = tmp_path / "demo"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-m", "wsiheat", "demo", str(DATA), "-o", str(out), "--quick"],
@@ -58,7 +58,7 @@ def test_demo_quick_produces_every_output(tmp_path):
     assert f"lesion FROC {summary['froc']:.3f} [{c['low']:.3f}, {c['high']:.3f}] over {len(test_slides)} test" \
         in r.stdout
     # `evaluate tune` at the heatmap defaults reproduces the demo's slide AUC and FROC from the raw maps
-    from wsiheat.slide import Slide
+    from wsiheat.wsi.slide import Slide
     with Slide(DATA / "mosaics" / "test" / f"{test_slides[0]}.tif") as s:
         mpp = s.mpp or 2.5
     masks = sorted(str(p) for p in (DATA / "mosaics" / "test").glob("*_mask.tif"))

@@ -13,7 +13,7 @@ under ``--cache``.
 
 Variants, each in its own subprocess (peak RSS = ``ru_maxrss`` of that process):
 
-* ``extract``: :func:`wsiheat.extract.extract_to_file` (what ``wsiheat extract`` runs);
+* ``extract``: :func:`wsiheat.patches.extract.extract_to_file` (what ``wsiheat extract`` runs);
 * ``baseline``: the seeds' way: one ``read_region`` of each whole level, a
   Python double loop over grid windows (tissue fraction from the same tissue
   mask), slices of the in-memory levels, one HDF5 write.
@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -109,9 +108,9 @@ def synthetic_slide(size: int, cache: Path) -> Path:
 # --- variants (run in a subprocess each) ------------------------------------------------
 
 def run_extract(slide: str, levels: list[int], out: str, max_normal: int) -> dict:
-    import wsiheat.annotations  # noqa: F401  (imports outside the timing, as in the baseline)
-    import wsiheat.tissue  # noqa: F401
-    from wsiheat.extract import extract_to_file
+    import wsiheat.wsi.annotations  # noqa: F401  (imports outside the timing, as in the baseline)
+    import wsiheat.wsi.tissue  # noqa: F401
+    from wsiheat.patches.extract import extract_to_file
     t0 = time.perf_counter()
     st = extract_to_file(slide, None, out, levels=tuple(levels), max_normal=max_normal or None, progress=False)
     return {"seconds": time.perf_counter() - t0, "scanned": st["scanned"], "kept": st["kept"]}
@@ -120,9 +119,9 @@ def run_extract(slide: str, levels: list[int], out: str, max_normal: int) -> dic
 def run_baseline(slide: str, levels: list[int], out: str, max_normal: int) -> dict:
     import h5py
 
-    from wsiheat.sampling import Grid, WindowSpec, window_origin
-    from wsiheat.slide import Slide
-    from wsiheat.tissue import tissue_mask
+    from wsiheat.patches.sampling import Grid, WindowSpec, window_origin
+    from wsiheat.wsi.slide import Slide
+    from wsiheat.wsi.tissue import tissue_mask
 
     t0 = time.perf_counter()
     s = Slide(slide)
@@ -195,7 +194,7 @@ def main() -> None:
                          f"{r['baseline']['peak_rss_mb'] / r['extract']['peak_rss_mb']:.2f}x RSS" if v == "baseline" else ""),
                       flush=True)
             if max_normal:
-                from wsiheat.slide import Slide
+                from wsiheat.wsi.slide import Slide
                 with Slide(path) as s:
                     W, H = s.dimensions
                 fit.append((W * H, r["extract"]["peak_rss_mb"]))

@@ -3,7 +3,7 @@
 In one run, on one machine, for each slide (the real TCGA slide and a large
 synthetic pyramidal TIFF):
 
-* **end-to-end**: :func:`wsiheat.infer.heatmap_slide` on the first N tissue
+* **end-to-end**: :func:`wsiheat.inference.heatmap.heatmap_slide` on the first N tissue
   cells (background reader threads + compiled model + every output file);
   patches/s counts the inference pipeline (reading + model), the whole call
   (tissue mask, thumbnail, outputs) is reported in seconds too;
@@ -37,9 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wsiheat import infer  # noqa: E402
-from wsiheat.sampling import window_origin  # noqa: E402
-from wsiheat.slide import Slide  # noqa: E402
+from wsiheat.inference.heatmap import heatmap_slide
+from wsiheat.inference.predict import make_predict_fn, spec_from_metadata, tissue_cells
+from wsiheat.patches.sampling import read_windows, window_origin  # noqa: E402
+from wsiheat.wsi.slide import Slide  # noqa: E402
 
 TCGA = ROOT / ".." / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 CAMELYON_WINDOWS = 100_000
@@ -50,7 +51,7 @@ def build_model(towers: int = 2, window: int = 80):
     import keras
 
     try:
-        from wsiheat.model import build_model as _build  # the training stage's builder, when merged
+        from wsiheat.models.model import build_model as _build  # the training stage's builder, when merged
     except ImportError:
         _build = None
     if _build is not None:
@@ -97,7 +98,7 @@ def synthetic_slide(path: Path, size: int, levels: int = 4) -> Path:
 
 
 def first_tissue_centers(slide: Slide, spec, n: int) -> np.ndarray:
-    grid, tissue = infer.tissue_cells(slide, spec)
+    grid, tissue = tissue_cells(slide, spec)
     rows, cols = np.nonzero(tissue)
     return grid.centers(rows[:n], cols[:n]), int(tissue.sum())
 
@@ -155,7 +156,7 @@ def main() -> None:
     print(f"tensorflow {tf.__version__}, {os.cpu_count()} CPU cores, load average "
           f"{os.getloadavg()[0]:.1f}; batch {args.batch_size}, workers {args.workers}, "
           f"{args.cells} windows (seed-style {args.seed_cells}), {args.rounds} rounds, median reported")
-    from wsiheat.model import with_precision
+    from wsiheat.models.model import with_precision
 
     model = with_precision(build_model(), args.precision)
     print(f"model precision: {args.precision}")
@@ -174,11 +175,11 @@ def main() -> None:
     rows = []
     for label, path, ds in cases:
         meta = {"window": 80, "center": 50, "stride": 50, "downsamples": ds, "towers": 2, "levels": [None, None]}
-        spec = infer.spec_from_metadata(meta)
-        predict = infer.make_predict_fn(model, spec, args.batch_size)
+        spec = spec_from_metadata(meta)
+        predict = make_predict_fn(model, spec, args.batch_size)
         with Slide(path) as s:
             centers, n_tissue = first_tissue_centers(s, spec, args.cells)
-            windows = infer.read_tile_windows(s, spec, centers)  # preloaded for (a)
+            windows = read_windows(s, spec, centers, None)  # preloaded for (a)
         predict(windows[:args.batch_size])  # trace + warm up, excluded from all timings
         model.predict(windows[:1], verbose=0)
         model.predict_on_batch(windows[:args.batch_size])
@@ -187,7 +188,7 @@ def main() -> None:
         out.mkdir(exist_ok=True)
         for r in range(args.rounds):
             res["alone"].append(model_alone(predict, windows, args.batch_size))
-            summ = infer.heatmap_slide(path, model, meta, out, batch_size=args.batch_size, readers=args.workers,
+            summ = heatmap_slide(path, model, meta, out, batch_size=args.batch_size, readers=args.workers,
                                        predict=predict, max_cells=args.cells)
             res["e2e"].append(summ["patches_per_second"])
             res["e2e_call"].append(summ["seconds"])

@@ -25,8 +25,8 @@ import numpy as np
 def build(policy: str, towers: int, window: int, trainable_from: str | None):
     import keras
 
-    from wsiheat.model import build_model, set_trainable_from
-    from wsiheat.train import _compile
+    from wsiheat.models.model import build_model, set_trainable_from
+    from wsiheat.training.train import _compile
 
     keras.mixed_precision.set_global_policy(policy)
     model = build_model(towers, window, weights="none")
@@ -64,7 +64,7 @@ def main() -> None:
 
     import keras
 
-    from wsiheat.train import cpu_has_bf16
+    from wsiheat.training.train import cpu_has_bf16
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.batch_size, args.towers, args.window, args.window, 3), dtype=np.uint8)

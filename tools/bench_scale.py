@@ -5,7 +5,7 @@ Usage: python tools/bench_scale.py [--slides 4] [--workdir DIR]
 Slides: copies (symlinks, distinct names) of the real TCGA slide in ../shared/data/slides
 (4443 x 3567, 2 levels), or of data/slides/cmu-1-small-region.svs when ../shared is absent.
 Extract: towers at levels 0 and 1, every on-tissue window kept (no sampling cap).
-Heatmap (when wsiheat.infer is present): a small random 2-tower CNN, every tissue cell.
+Heatmap (when wsiheat.inference.outputs is present): a small random 2-tower CNN, every tissue cell.
 Each configuration starts from empty outputs; the Dask cluster start-up is included
 in the "2 workers" wall time and also reported separately.
 """
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_slides(work: Path, n: int) -> list:
-    from wsiheat.distributed import tasks_from_paths
+    from wsiheat.scale.tasks import tasks_from_paths
 
     src = REPO.parent / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
     if not src.exists():
@@ -43,7 +43,7 @@ def make_slides(work: Path, n: int) -> list:
 def small_model(path: Path) -> Path:
     import keras
 
-    from wsiheat.model import save_model
+    from wsiheat.models.model import save_model
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((2, 80, 80, 3), dtype="uint8")
@@ -76,7 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale_"))
     tasks = make_slides(work, args.slides)
-    from wsiheat.distributed import extract_many, start_client
+    from wsiheat.scale.batch import extract_many
+    from wsiheat.scale.runner import start_client
 
     t0 = time.perf_counter()
     client, cluster = start_client(2)
@@ -95,14 +96,9 @@ def main() -> None:
                          lambda: extract_many(tasks, out, workers=w, progress=False, **params))
     print(f"  speed-up 2 vs 1 workers: {times[1] / times[2]:.2f}x;  2 workers vs in-process: "
           f"{times[0] / times[2]:.2f}x")
-    try:
-        import wsiheat.infer  # noqa: F401
-    except ImportError:
-        print("heatmap: wsiheat.infer not available; skipped")
-        return
     if args.no_heatmap:
         return
-    from wsiheat.distributed import heatmap_many
+    from wsiheat.scale.batch import heatmap_many
 
     model = small_model(work / "small.keras")
     print("heatmap (small 2-tower CNN, every tissue cell, batch 64):")

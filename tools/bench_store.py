@@ -26,7 +26,7 @@ def main() -> None:
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     tmp = Path(tempfile.mkdtemp())
     if src is None:
-        from wsiheat.extract import extract_to_file
+        from wsiheat.patches.extract import extract_to_file
         src = tmp / "src.h5"
         extract_to_file(REPO / ".." / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs", None, src,
                         levels=(0, 1), max_normal=None, progress=False)

@@ -4,7 +4,7 @@ Trains the same model (2-tower InceptionV3 at 80 px, random init) for the same
 number of steps twice, in one process:
 
 * ``memory``  : on batches already in memory (tensors, no reading, no augmentation);
-* ``hdf5``    : through :func:`wsiheat.dataset.make_dataset` streaming from a
+* ``hdf5``    : through :func:`wsiheat.training.dataset.make_dataset` streaming from a
   generated HDF5 patches file (forced off memory: chunk-aligned block reads in
   shuffled order + shuffle buffer) with the full augmentation (rotation, flips,
   colour).
@@ -28,7 +28,7 @@ import numpy as np
 
 
 def make_file(path: Path, n: int, towers: int, window: int, slides: int, seed: int = 0) -> Path:
-    from wsiheat.store import ShardWriter
+    from wsiheat.patches.store import ShardWriter
 
     rng = np.random.default_rng(seed)
     attrs = {"window": window, "center": 50, "stride": 50,
@@ -67,9 +67,9 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from wsiheat.dataset import AugmentConfig, make_dataset, open_patch_file
-    from wsiheat.model import build_model
-    from wsiheat.train import _compile
+    from wsiheat.training.dataset import AugmentConfig, make_dataset, open_patch_file
+    from wsiheat.models.model import build_model
+    from wsiheat.training.train import _compile
 
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
         path = make_file(Path(tmp) / "bench.h5", a.rows, a.towers, a.window, slides=8)

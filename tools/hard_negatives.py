@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=2, help="extra copies of each hard negative")
     args = ap.parse_args(argv)
     from wsiheat.errors import WsiheatError
-    from wsiheat.model import read_metadata
-    from wsiheat.store import _append_rows, open_patches
+    from wsiheat.models.model import read_metadata
+    from wsiheat.patches.store import _append_rows, open_patches
 
     try:
         if args.copies < 1:

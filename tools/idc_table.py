@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from wsiheat.infer import SMOOTH_SIGMA
+from wsiheat.postprocess.lesions import SMOOTH_SIGMA
 
 
 def _load(path: Path) -> dict:

@@ -12,7 +12,7 @@ Lesion points as `wsiheat heatmap` makes them: threshold 0.5, NMS radius 4 cells
 
 Candidates (all logistic regressions with balanced classes and C = 1, as `evaluate fit-scorer`,
 except hgb):
-    base  the 8 features of wsiheat.lesionmap (what fit-scorer fits)
+    base  the 8 features of wsiheat.postprocess.scorer (what fit-scorer fits)
     cc    + log(1 + cells) of the 4-connected group of cells >= 0.5 and >= 0.9 the cell belongs to
     wide  + smoothing at sigma 2 and 3 cells, share of cells >= 0.5 and >= 0.9 in the 5 x 5 around
     both  cc and wide together
@@ -49,8 +49,8 @@ def features(prob: np.ndarray, tissue: np.ndarray, kind: str) -> np.ndarray:
     """Per-cell features (rows, cols, k) of one raw map for a candidate kind."""
     from scipy.ndimage import uniform_filter
 
-    from wsiheat.infer import smooth_heatmap
-    from wsiheat.lesionmap import neighbourhood_features
+    from wsiheat.postprocess.lesions import smooth_heatmap
+    from wsiheat.postprocess.scorer import neighbourhood_features
 
     t = np.asarray(tissue, bool)
     q = np.where(t, np.nan_to_num(np.asarray(prob, np.float64)), 0.0)
@@ -67,7 +67,7 @@ def features(prob: np.ndarray, tissue: np.ndarray, kind: str) -> np.ndarray:
 
 def load_set(spec: str, level: int, tag: str) -> list[tuple[str, object, object]]:
     """(name, Heatmap, level-`level` tumor mask or None) for every slide of HM:MOSAICS."""
-    from wsiheat.evaluate import load_maps_and_masks
+    from wsiheat.evaluation.tuning import load_maps_and_masks
 
     hm, _, mosaics = spec.partition(":")
     if not mosaics:
@@ -104,7 +104,7 @@ class Runner:
         from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.linear_model import LogisticRegression
 
-        from wsiheat.evaluate import tumor_cells
+        from wsiheat.evaluation.tuning import tumor_cells
 
         x = np.concatenate([self.feats(n, hm, kind)[np.asarray(hm.tissue, bool)] for n, hm, _ in slides])
         y = np.concatenate([tumor_cells(hm, m, self.level)[np.asarray(hm.tissue, bool)] for _, hm, m in slides])
@@ -114,8 +114,8 @@ class Runner:
 
     def detect(self, slides, clf, kind):
         """Slide scores and lesion points as `wsiheat heatmap` makes them, the candidate's map in place of
-        the lesion scorer's (wsiheat.evaluate.postprocess_scores: threshold 0.5, NMS 4 cells)."""
-        from wsiheat.evaluate import postprocess_scores
+        the lesion scorer's (wsiheat.postprocess.lesions.postprocess_scores: threshold 0.5, NMS 4 cells)."""
+        from wsiheat.postprocess.lesions import postprocess_scores
 
         dets, masks, scores, labels = {}, {}, [], []
         for n, hm, m in slides:
@@ -128,7 +128,8 @@ class Runner:
         return dets, masks, scores, labels
 
     def score(self, dets, masks, scores, labels):
-        from wsiheat.evaluate import froc_from_arrays, roc_auc
+        from wsiheat.evaluation.froc import froc_from_arrays
+        from wsiheat.evaluation.metrics import roc_auc
 
         return froc_from_arrays(dets, masks, self.mpp, self.level).score, roc_auc(np.array(labels), np.array(scores))
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from .errors import WsiheatError
+from wsiheat.errors import WsiheatError
 
 #: Tower levels of the demo mosaics (2.5 and 5 µm/px).
 DEMO_LEVELS = (0, 1)
@@ -91,10 +91,11 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     dict
         Summary with the output paths and the headline metrics.
     """
-    from . import evaluate, infer
-    from .extract import extract_to_file
-    from .model import load_model
-    from .train import TrainConfig, train
+    from wsiheat.patches.extract import extract_to_file
+    from wsiheat.models.model import load_model
+    from wsiheat.training.train import TrainConfig, train
+    from wsiheat.inference.heatmap import HeatmapWarning, heatmap_slide
+    from wsiheat.evaluation.reports import evaluate_froc, evaluate_patches, evaluate_slides
 
     data_dir, out = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
@@ -148,8 +149,8 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     jobs = [(s.slide, hm_dir) for s in test_slides] + [(p, real_dir) for p in real_slides]
     for path, folder in jobs:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", infer.HeatmapWarning)  # reported from res["warnings"]
-            res = infer.heatmap_slide(path, model, meta, folder, model_path=str(model_path))
+            warnings.simplefilter("ignore", HeatmapWarning)  # reported from res["warnings"]
+            res = heatmap_slide(path, model, meta, folder, model_path=str(model_path))
         for w in res["warnings"]:
             click.echo(f"   note: {w}")
         click.echo(f"   {path.name}: score {res['score']:.3f}, {res['cells_evaluated']} cells, "
@@ -160,9 +161,9 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     t0 = _step("4/4 evaluate: patch AUC, slide AUC, lesion FROC")
     rep = out / "reports"
     masks = [s.mask for s in test_slides if s.mask is not None]
-    pr = evaluate.evaluate_patches(model_path, out / "test_patches.h5", rep / "patches", progress=False)
-    sr = evaluate.evaluate_slides(hm_dir, rep / "slides", ground_truth=masks)
-    fr = evaluate.evaluate_froc(hm_dir, masks, rep / "froc", mpp=_mosaic_mpp(test_slides),
+    pr = evaluate_patches(model_path, out / "test_patches.h5", rep / "patches", progress=False)
+    sr = evaluate_slides(hm_dir, rep / "slides", ground_truth=masks)
+    fr = evaluate_froc(hm_dir, masks, rep / "froc", mpp=_mosaic_mpp(test_slides),
                                 level=2, allow_empty=True, progress=False)
     summary["patch_auc"] = pr.get("auc")
     summary["patch_balanced_accuracy"] = pr.get("at_0.5", {}).get("balanced_accuracy")
@@ -176,7 +177,7 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     summary["reports"] = str(rep)
     _done(t0, f"reports -> {rep}")
     summary["seconds"] = round(time.time() - t_start, 1)
-    from .fileio import atomic_path
+    from wsiheat.fileio import atomic_path
 
     with atomic_path(out / "demo_summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str))
@@ -184,7 +185,7 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
 
 
 def _mosaic_mpp(slides: list[DemoSlide]) -> float:
-    from .slide import Slide
+    from wsiheat.wsi.slide import Slide
 
     with Slide(slides[0].slide) as s:
         return s.mpp or 2.5
@@ -196,7 +197,7 @@ def _choose_weights(weights: str, quick: bool) -> tuple[str, str]:
         return "tiny", "--quick: tiny backbone, random initialisation"
     if weights == "none":
         return "none", "random initialisation, as asked"
-    from .weights import ensure_imagenet_weights
+    from wsiheat.models.weights import ensure_imagenet_weights
 
     try:
         ensure_imagenet_weights(download=False)

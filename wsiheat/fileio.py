@@ -7,13 +7,15 @@ existed before stays exactly as it was.
 
 from __future__ import annotations
 
+
+
 import contextlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import WsiheatError
+from wsiheat.errors import WsiheatError
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

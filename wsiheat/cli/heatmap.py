@@ -1,0 +1,199 @@
+"""cli.heatmap (split from wsiheat.cli)."""
+
+from __future__ import annotations
+
+
+
+import sys
+
+import click
+
+from wsiheat.errors import WsiheatError
+from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
+from wsiheat.cli.main import cli
+from wsiheat.cli.options import _parse_floats, _scale_options
+from wsiheat import defaults
+
+
+@cli.command("heatmap")
+@click.argument("slides", nargs=-1, required=False, type=click.Path(path_type=str))
+@click.option("-m", "--model", "model_path", required=True, type=click.Path(path_type=str),
+              help="Saved wsiheat model (.keras).")
+@click.option("-o", "--output", type=click.Path(path_type=str), default=None,
+              help="Heatmap PNG of a single slide; the other outputs are named from its stem, in its folder.")
+@click.option("--out-dir", type=click.Path(path_type=str), default=None,
+              help="Output folder for many slides (outputs named after each slide). Default: current folder.")
+@click.option("--overwrite", is_flag=True, help="Redo slides whose outputs already exist (default: skip them).")
+@click.option("--batch-size", default=defaults.PREDICT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
+              help="Windows per model call.")
+@click.option("--tta", is_flag=True, help="Average the 8 rotations/flips of every window (8x slower).")
+@click.option("--readers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Background reader threads per slide.")
+@click.option("--block", default=1024, show_default=True, type=click.IntRange(min=128),
+              help="Side of the regions read at once, tower-0 pixels.")
+@click.option("--tissue-threshold", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="A cell is evaluated when the tissue fraction of its centre exceeds this.")
+@click.option("--lesion-threshold", default=defaults.LESION_THRESHOLD, show_default=True, type=click.FloatRange(0, 1),
+              help="Minimum probability of a lesion point in the CSV.")
+@click.option("--nms-radius", default=None, type=click.FloatRange(min=0),
+              help="Non-maximum suppression radius, level-0 pixels [default: 4 cells].")
+@click.option("--nms-radius-um", default=None, type=click.FloatRange(min=0),
+              help="Same in µm (needs the slide's µm/px).")
+@click.option("--area-threshold", default=defaults.AREA_THRESHOLD, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability above which a cell counts as tumor area.")
+@click.option("--topk", default=defaults.TOPK, show_default=True, type=click.IntRange(min=1),
+              help="Cells averaged for the top-k mean score.")
+@click.option("--smooth", default=defaults.SMOOTH_SIGMA, show_default=True, type=click.FloatRange(min=0),
+              help="Gaussian sigma in cells of the tissue-only smoothing that locates and ranks lesion "
+                   "points and gives the slide score (max of the smoothed map); 0 = the raw map.")
+@click.option("--lesion-scorer", "lesion_scorer_path", default=None, type=click.Path(dir_okay=False),
+              help="Lesion scorer (JSON from `wsiheat evaluate fit-scorer`): its map, learned from the "
+                   "neighbourhood of each cell, replaces the smoothed map for lesion points and the score.")
+@click.option("--downsamples", default=None,
+              help="Override the model's tower downsamples (relative to level 0), e.g. '2,4'.")
+@click.option("--precision", type=click.Choice(INFER_PRECISIONS),
+              default="float32", show_default=True,
+              help="Compute precision of the model: mixed_bfloat16 is faster on CPUs with bf16 instructions "
+                   "(AVX512-BF16/AMX); probabilities move by ~0.01 on average; mixed_float16 for GPUs.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: when stderr is a terminal).")
+@_scale_options(shards=False)
+def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, readers, block,
+                tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
+                smooth, lesion_scorer_path, downsamples, precision, progress, **scale) -> int:
+    """Tumor-probability heatmaps of SLIDES with a trained model.
+
+    \b
+    Examples:
+      wsiheat heatmap slide.svs -m model.keras -o heat.png
+      wsiheat heatmap slides/*.svs -m model.keras --out-dir results/
+      wsiheat heatmap --manifest slides.csv -m model.keras --out-dir results/ --workers 2
+    \b
+    Per slide NAME: NAME.png (heatmap + colorbar), NAME_overlay.png,
+    NAME.h5 (raw probabilities, tissue, geometry), NAME_heatmap.tif
+    (pyramidal TIFF aligned to the slide), NAME_lesions.csv (prob,x,y
+    level-0 px), NAME_lesions.png (the candidates in context) and NAME.json
+    (score = max of the smoothed map, see --smooth, or of the
+    --lesion-scorer map; ...).
+    """
+    import warnings
+    from pathlib import Path
+
+    from wsiheat.postprocess.scorer import load_scorer
+    from wsiheat.models.model import read_metadata
+
+    lesion_scorer = load_scorer(lesion_scorer_path) if lesion_scorer_path else None
+
+    if output is not None and out_dir is not None:
+        raise WsiheatError("give either -o/--output (one slide) or --out-dir, not both")
+    if scale.get("manifest") and slides:
+        raise WsiheatError(f"{slides[0]}: give either SLIDES or --manifest, not both")
+    if not scale.get("manifest") and not slides:
+        raise WsiheatError("no slide: give SLIDES or --manifest FILE")
+    if scale.get("manifest") or scale.get("workers") or scale.get("scheduler"):
+        if output is not None:
+            raise WsiheatError("--workers/--scheduler/--manifest write into --out-dir, not -o/--output")
+        return _heatmap_many_cli(scale, slides, model_path, Path(out_dir or "."), overwrite,
+                                 dict(batch_size=batch_size, tta=tta, readers=readers, block=block,
+                                      tissue_threshold=tissue_threshold, lesion_threshold=lesion_threshold,
+                                      nms_radius=nms_radius, nms_radius_um=nms_radius_um,
+                                      area_threshold=area_threshold, topk=topk, smooth=smooth,
+                                      lesion_scorer=lesion_scorer,
+                                      downsamples=_parse_floats(downsamples, "--downsamples"),
+                                      precision=precision))
+    if output is not None:
+        if len(slides) != 1:
+            raise WsiheatError(f"-o/--output names the outputs of one slide, got {len(slides)} slides; "
+                               f"use --out-dir")
+        if not output.lower().endswith(".png"):
+            raise WsiheatError(f"{output}: -o/--output must be a .png file")
+        out = Path(output)
+        folder, names = (out.parent if str(out.parent) else Path(".")), [out.stem]
+    else:
+        folder = Path(out_dir if out_dir is not None else ".")
+        names = [None] * len(slides)
+    meta = read_metadata(model_path)  # fast: a foreign file fails before TensorFlow loads
+    from wsiheat.fileio import ensure_out_dir
+
+    ensure_out_dir(folder)
+    ds = _parse_floats(downsamples, "--downsamples")
+
+    from wsiheat.inference.heatmap import HeatmapWarning, heatmap_slide
+    from wsiheat.inference.predict import check_model, make_predict_fn, spec_from_metadata
+    from wsiheat.inference.outputs import outputs_exist
+    from wsiheat.wsi.slide import slide_name
+
+    def out_name(path: str, given: str | None) -> str:
+        return given or slide_name(path)
+
+    seen: dict[str, str] = {}
+    for s, n in zip(slides, names):
+        nm = out_name(s, n)
+        if nm in seen:
+            raise WsiheatError(f"{s}: same output name {nm!r} as {seen[nm]}; process them into different folders")
+        seen[nm] = s
+    todo = []
+    for s, n in zip(slides, names):
+        nm = out_name(s, n)
+        if not overwrite and outputs_exist(folder, nm):
+            click.echo(f"{nm}: skipped, outputs exist in {folder} (--overwrite to redo)")
+        else:
+            todo.append((s, nm))
+    if not todo:
+        return 0
+    spec = spec_from_metadata(meta, None, ds)
+    from wsiheat.models.model import load_model
+
+    model, meta = load_model(model_path, precision=precision)
+    check_model(model, spec, model_path)
+    predict = make_predict_fn(model, spec, batch_size, tta)
+    show = sys.stderr.isatty() if progress is None else progress
+    failed = 0
+    for s, nm in todo:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", HeatmapWarning)
+                r = heatmap_slide(s, model, meta, folder, nm, batch_size=batch_size, tta=tta, readers=readers,
+                                  block=block, tissue_threshold=tissue_threshold,
+                                  lesion_threshold=lesion_threshold, nms_radius=nms_radius,
+                                  nms_radius_um=nms_radius_um, area_threshold=area_threshold, topk=topk,
+                                  smooth=smooth, lesion_scorer=lesion_scorer,
+                                  downsamples=ds, model_path=model_path, predict=predict, progress=show)
+        except WsiheatError as exc:
+            failed += 1
+            click.echo(f"wsiheat: error: {exc}", err=True)
+            continue
+        for w in r["warnings"]:
+            click.echo(f"wsiheat: warning: {w}", err=True)
+        click.echo(f"{nm}: score {r['score']:.3f}, top-{r['topk']} mean {r['topk_mean']:.3f}, "
+                   f"tumor area {r['tumor_area']:.4g} {r['tumor_area_unit']}, {r['lesions']} lesion points, "
+                   f"{r['cells_evaluated']} windows in {r['seconds']:.1f} s "
+                   f"({r['patches_per_second']:.1f} patches/s) -> {folder / (nm + '.png')}")
+    if failed:
+        click.echo(f"wsiheat: {failed} of {len(todo)} slides failed", err=True)
+        return 2
+    return 0
+
+
+def _heatmap_many_cli(scale: dict, slides, model_path: str, out_dir, overwrite: bool, options: dict) -> int:
+    """Heatmaps of many slides through wsiheat.scale.batch (Dask when --workers/--scheduler)."""
+    from wsiheat.scale.batch import heatmap_many
+    from wsiheat.scale.tasks import read_manifest, status_table, tasks_from_paths
+    from wsiheat.inference.outputs import output_paths
+
+    tasks = (read_manifest(scale["manifest"], split=scale.get("manifest_split")) if scale.get("manifest")
+             else tasks_from_paths(list(slides)))
+    if overwrite:  # resumability skips finished slides: drop their outputs first
+        for t in tasks:
+            for p in output_paths(out_dir, t.name).values():
+                p.unlink(missing_ok=True)
+    run = heatmap_many(tasks, model_path, out_dir, workers=scale["workers"], scheduler=scale["scheduler"],
+                       retries=scale["retries"], progress=sys.stderr.isatty(), **options)
+    click.echo(status_table(run["results"]))
+    failed = [r for r in run["results"] if r.status == "failed"]
+    click.echo(f"{out_dir}: {len(run['results']) - len(failed)} of {len(run['results'])} slides done; "
+               f"{run['seconds']:.1f} s")
+    if failed:
+        raise WsiheatError(f"{out_dir}: {len(failed)} slides failed (see the table); re-run the same command "
+                           f"to retry them")
+    return 0

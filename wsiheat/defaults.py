@@ -1,0 +1,44 @@
+"""Every default shared by more than one stage, in one place (cheap to import: no dependencies).
+
+The command-line options, the library functions and the demo all read their
+defaults from here, so changing one changes it everywhere.
+"""
+
+from __future__ import annotations
+
+# -- sampling (extract, import, heatmap geometry) ----------------------------------------
+#: window side W in pixels of every tower
+WINDOW = 80
+#: side C of the central square whose tumor pixels make a window's label tumor
+CENTER = 50
+#: grid step S in tower-0 pixels (one heatmap cell)
+STRIDE = 50
+#: a window is kept for training when its centre box's tissue fraction is at least this
+TISSUE_THRESHOLD = 0.75
+#: normal windows kept per tumor window, and at most this many per slide
+NORMAL_RATIO = 1.0
+MAX_NORMAL = 1000
+
+# -- model and training ------------------------------------------------------------------
+#: backbone of every tower (see :mod:`wsiheat.models.backbones`)
+BACKBONE = "inception_v3"
+#: initial weights of the backbones
+WEIGHTS = "imagenet"
+EPOCHS = 10
+BATCH_SIZE = 32
+
+# -- inference and post-processing -------------------------------------------------------
+#: windows per model call when predicting
+PREDICT_BATCH_SIZE = 64
+#: Gaussian sigma, in cells, of the map that ranks lesions and gives the slide score
+SMOOTH_SIGMA = 0.75
+#: minimum probability of a lesion point
+LESION_THRESHOLD = 0.5
+#: suppression radius of lesion points, in cells (when not given in pixels or µm)
+NMS_RADIUS_CELLS = 4.0
+#: probability at or above which a cell counts as tumor area
+AREA_THRESHOLD = 0.5
+#: cells averaged for the ``topk_mean`` slide score
+TOPK = 10
+#: the slide score written as ``score`` (see :mod:`wsiheat.postprocess.scores`)
+SLIDE_SCORE = "max"

@@ -1,0 +1,182 @@
+"""``wsiheat extract``: one slide (and its optional ground truth) into a patches file.
+
+Steps: open the slide and ground truth, resolve the towers, check the output
+(writable; when it exists: a wsiheat file with the same parameters, slide not
+yet present unless ``replace``), compute the tissue mask, plan the windows
+(:func:`wsiheat.patches.sampling.plan_windows`), write them to a temporary shard beside
+the output, then append the shard atomically (:func:`wsiheat.patches.store.merge_into`).
+The existing output stays byte-identical on any failure or interruption.
+"""
+
+from __future__ import annotations
+
+
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from wsiheat import __version__
+from wsiheat.errors import WsiheatError
+from wsiheat.fileio import check_writable_dir
+from wsiheat.patches.sampling import WindowSpec, extract_slide, plan_windows, resolve_towers
+from wsiheat.wsi.slide import Slide
+from wsiheat.patches.store import compatibility_problems, merge_into, normalize_attrs, open_patches, ShardWriter
+from wsiheat import defaults
+
+#: Default tower levels (CAMELYON: level 2 ~ 10x and level 3 ~ 5x of a 40x scan).
+DEFAULT_LEVELS = (2, 3)
+
+
+def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.PathLike | None,
+                    output: str | os.PathLike, *, levels: tuple[int, ...] | None = None,
+                    downsamples: tuple[float, ...] | None = None, mpps: tuple[float, ...] | None = None,
+                    window: int = defaults.WINDOW, center: int = defaults.CENTER, stride: int = defaults.STRIDE,
+                    tissue_threshold: float = defaults.TISSUE_THRESHOLD,
+                    normal_ratio: float = 1.0, max_normal: int | None = 1000, seed: int = 0,
+                    replace: bool = False, progress: bool = True, tissue_downsample: float = 32.0,
+                    batch: int = 1024) -> dict:
+    """Extract one slide's windows and append them to ``output``.
+
+    Parameters
+    ----------
+    slide_path : path-like
+    ground_truth_path : path-like or None
+        Any form :func:`wsiheat.wsi.annotations.groundtruth.load_ground_truth` accepts; None
+        for a normal slide.
+    output : path-like
+        Patches file, created or appended to.
+    levels, downsamples, mpps : tuple, optional
+        Tower magnifications (first given wins; default levels 2 and 3).
+    window, center, stride : int
+        Geometry (tower-0 pixels), see :mod:`wsiheat.patches.sampling`.
+    tissue_threshold, normal_ratio, max_normal, seed
+        Sampler options, see :func:`wsiheat.patches.sampling.plan_windows`.
+    replace : bool
+        Re-extract a slide already in ``output``.
+    progress : bool
+        Show a tqdm progress bar.
+    tissue_downsample : float
+        Resolution of the tissue mask (level-0 pixels per mask pixel).
+    batch : int
+        Windows per write batch (bounds memory).
+
+    Returns
+    -------
+    dict
+        Statistics: scanned, on_tissue, tumor, kept_tumor, kept_normal,
+        rows_total, seconds, ...
+    """
+    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    if output.is_dir():
+        raise WsiheatError(f"{output}: is a folder; give a file name such as {output / 'patches.h5'}")
+    check_writable_dir(output)
+    if output.exists() and not os.access(output, os.R_OK):
+        raise WsiheatError(f"{output}: cannot read the existing output file")
+    slide = Slide(slide_path)
+    try:
+        gt = load_ground_truth(ground_truth_path, slide.dimensions) if ground_truth_path is not None else None
+        spec, attrs = extraction_attrs(slide, levels=levels, downsamples=downsamples, mpps=mpps, window=window,
+                                       center=center, stride=stride, tissue_threshold=tissue_threshold,
+                                       tissue_downsample=tissue_downsample, normal_ratio=normal_ratio,
+                                       max_normal=max_normal, seed=seed)
+        if output.exists():  # fail fast, before the long work (merge_into checks again)
+            with open_patches(output) as pf:
+                probs = compatibility_problems(pf.attrs, attrs)
+                if probs:
+                    raise WsiheatError(f"{output}: parameters differ from those already in the file "
+                                       f"({'; '.join(probs)}); extract into another file or use the file's parameters")
+                if slide.name in pf.slides and not replace:
+                    raise WsiheatError(f"{output}: slide {slide.name} is already in the file "
+                                       f"(use --replace to re-extract it)")
+        fd, shard = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".shard.h5", dir=output.parent)
+        os.close(fd)
+        try:
+            stats = write_shard(slide, gt, shard, spec, attrs, progress=progress, batch=batch)
+            merged = merge_into(output, [shard], replace=replace)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(shard)
+    finally:
+        slide.close()
+    stats.update(rows_total=merged["rows_total"], replaced=bool(merged["slides_replaced"]),
+                 slide=slide.name, output=str(output), seconds=time.perf_counter() - t0,
+                 levels=list(spec.levels), downsamples=list(spec.downsamples))
+    return stats
+
+
+def extraction_attrs(slide: Slide, *, levels: tuple[int, ...] | None = None,
+                     downsamples: tuple[float, ...] | None = None, mpps: tuple[float, ...] | None = None,
+                     window: int = defaults.WINDOW, center: int = defaults.CENTER, stride: int = defaults.STRIDE,
+                    tissue_threshold: float = defaults.TISSUE_THRESHOLD,
+                     tissue_downsample: float = 32.0, normal_ratio: float = 1.0, max_normal: int | None = 1000,
+                     seed: int = 0) -> tuple[WindowSpec, dict]:
+    """The window spec and the patches-file attributes of one extraction.
+
+    Towers come from the first of ``levels``, ``downsamples`` or ``mpps``
+    given (default :data:`DEFAULT_LEVELS`). The attributes hold the geometry
+    and, under ``params``, the full parameter record.
+
+    Returns
+    -------
+    spec : WindowSpec
+    attrs : dict
+        Normalised root attributes for :class:`wsiheat.patches.store.ShardWriter`.
+    """
+    if levels is None and downsamples is None and mpps is None:
+        levels = DEFAULT_LEVELS
+    lv, ds = resolve_towers(slide, levels=levels, downsamples=downsamples, mpps=mpps)
+    spec = WindowSpec(tuple(ds), window=window, center=center, stride=stride, levels=lv)
+    params = {
+        "window": window, "center": center, "stride": stride,
+        "levels": list(levels) if levels is not None else None,
+        "downsamples": list(downsamples) if downsamples is not None and levels is None else None,
+        "mpp": list(mpps) if mpps is not None and levels is None and downsamples is None else None,
+        "tissue_threshold": tissue_threshold, "tissue_downsample": tissue_downsample,
+        "normal_ratio": normal_ratio, "max_normal": max_normal, "seed": seed,
+        "label_rule": "tumor if any tumor pixel in the central C x C tower-0 pixels",
+    }
+    attrs = normalize_attrs({"window": window, "center": center, "stride": stride, "downsamples": ds,
+                             "levels": lv, "tissue_threshold": tissue_threshold, "params": params,
+                             "wsiheat_version": __version__})
+    return spec, attrs
+
+
+def write_shard(slide: Slide, ground_truth, shard: str | os.PathLike, spec: WindowSpec, attrs: dict, *,
+                progress: bool = True, batch: int = 1024) -> dict:
+    """Plan one slide's windows and write them into a new shard file ``shard``.
+
+    The sampler options (tissue threshold and mask resolution, class ratio,
+    cap, seed) are read from ``attrs["params"]`` so the shard records exactly
+    what produced it.
+
+    Returns
+    -------
+    dict
+        The slide's statistics (see :func:`wsiheat.patches.sampling.extract_slide`).
+    """
+    from wsiheat.wsi.tissue import tissue_mask
+
+    p = json.loads(attrs["params"]) if isinstance(attrs["params"], str) else attrs["params"]
+    tissue = tissue_mask(slide, p["tissue_downsample"])
+    plan = plan_windows(slide, spec, ground_truth, tissue=tissue, tissue_threshold=p["tissue_threshold"],
+                        normal_ratio=p["normal_ratio"], max_normal=p["max_normal"], seed=p["seed"])
+    with ShardWriter(shard, attrs) as writer:
+        return extract_slide(slide, ground_truth, spec, writer, plan=plan, progress=progress, batch=batch,
+                             slide_info={"params": p, "tissue_downsample": tissue.downsample})
+
+
+def summary_line(stats: dict) -> str:
+    """One-line summary of :func:`extract_to_file`'s statistics."""
+    s = stats
+    secs = s["seconds"]
+    return (f"{s['slide']}: {s['scanned']} windows scanned, {s['on_tissue']} on tissue, {s['tumor']} tumor; "
+            f"kept {s['kept_tumor']} tumor + {s['kept_normal']} normal"
+            f"{' (replaced)' if s.get('replaced') else ''} -> {s['output']} ({s['rows_total']} rows); "
+            f"{secs:.1f} s, {s['scanned'] / max(secs, 1e-9):.0f} windows scanned/s")

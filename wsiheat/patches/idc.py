@@ -1,0 +1,252 @@
+"""patches.idc (split from wsiheat.patches.importing, wsiheat.patches.mosaic)."""
+
+from __future__ import annotations
+
+
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from wsiheat.errors import WsiheatError
+
+
+import math
+from typing import Sequence
+
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+CLASS_NAMES = {"0": 0, "1": 1, "normal": 0, "negative": 0, "tumor": 1, "tumour": 1, "positive": 1}
+IDC_NAME = re.compile(r"^(?P<patient>.+?)_idx\d+_x(?P<x>-?\d+)_y(?P<y>-?\d+)_class(?P<c>\d+)$")
+CLASS_IN_NAME = re.compile(r"_class(?P<c>\d+)$")
+IDC_SIDE = 50
+#: Approximate µm/px of the IDC patches (40x scans at about 0.25 µm/px, downsampled 16x to ~2.5x).
+IDC_MPP = 4.0
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
+    """List the labeled patches under ``root``.
+
+    Returns
+    -------
+    layout : {"idc", "plain"}
+    items : list of dict
+        ``path``, ``label``, ``slide``, ``x``, ``y`` (top-left or -1), sorted
+        by slide, label and path.
+
+    Raises
+    ------
+    WsiheatError
+        No patches, unknown class folders, or folder/name label disagreements
+        (all listed).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise WsiheatError(f"{root}: not a folder of labeled patches")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    class_dirs = [d for d in subdirs if d.name.lower() in CLASS_NAMES]
+    if class_dirs and len(class_dirs) == len(subdirs):
+        layout, groups = "plain", [(None, d) for d in class_dirs]
+    else:
+        layout, groups = "idc", []
+        for pdir in subdirs:
+            for cdir in sorted(p for p in pdir.iterdir() if p.is_dir()):
+                if cdir.name.lower() not in CLASS_NAMES:
+                    raise WsiheatError(f"{cdir}: unknown class folder {cdir.name!r} (expected "
+                                       f"{', '.join(sorted(CLASS_NAMES))})")
+                groups.append((pdir.name, cdir))
+    items, mislabeled = [], []
+    for patient, cdir in groups:
+        label = CLASS_NAMES[cdir.name.lower()]
+        for f in sorted(cdir.iterdir()):
+            if not _is_image(f):
+                continue
+            m = IDC_NAME.match(f.stem)
+            c = CLASS_IN_NAME.search(f.stem)
+            if c is not None and int(c.group("c")) != label:
+                mislabeled.append(f)
+                continue
+            slide = patient or (m.group("patient") if m else f.stem)
+            x, y = (int(m.group("x")), int(m.group("y"))) if m else (-1, -1)
+            items.append({"path": f, "label": label, "slide": slide, "x": x, "y": y})
+    if mislabeled:
+        shown = ", ".join(str(p) for p in mislabeled[:10])
+        more = f" and {len(mislabeled) - 10} more" if len(mislabeled) > 10 else ""
+        raise WsiheatError(f"{root}: {len(mislabeled)} file(s) whose folder label and file-name "
+                           f"label disagree: {shown}{more}")
+    if not items:
+        raise WsiheatError(f"{root}: no labeled patches found (expected PATIENT/CLASS/*.png or "
+                           "CLASS/*.png with CLASS 0/1)")
+    items.sort(key=lambda it: (it["slide"], it["label"], str(it["path"])))
+    return layout, items
+
+#: Nominal side of an IDC patch in pixels.
+PATCH_PX = 50
+#: µm per pixel of the IDC patches (40x scans at ~0.25 µm/px downsampled 16x, "2.5x").
+SOURCE_MPP = 4.0
+
+_PATCH_RE = re.compile(r"^(?P<pid>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<cls>[01])\.png$")
+
+
+# ------------------------------------------------------------------------------------
+# IDC data set
+# ------------------------------------------------------------------------------------
+def _check_idc_dir(idc_dir: str | os.PathLike) -> Path:
+    idc = Path(idc_dir)
+    if not idc.exists():
+        raise WsiheatError(f"{idc}: no such folder (expected IDC patches as PATIENT/CLASS/*.png)")
+    if not idc.is_dir():
+        raise WsiheatError(f"{idc}: is not a folder (expected IDC patches as PATIENT/CLASS/*.png)")
+    return idc
+
+
+def list_patients(idc_dir: str | os.PathLike) -> list[str]:
+    """Patient IDs of an IDC folder: subfolders holding a ``0`` or ``1`` class folder.
+
+    Returns
+    -------
+    list of str
+        Sorted patient IDs.
+
+    Raises
+    ------
+    WsiheatError
+        When the folder is missing or holds no patient folder.
+    """
+    idc = _check_idc_dir(idc_dir)
+    patients = sorted(p.name for p in idc.iterdir()
+                      if p.is_dir() and ((p / "0").is_dir() or (p / "1").is_dir()))
+    if not patients:
+        raise WsiheatError(f"{idc}: no patient folders (expected PATIENT/0/*.png and PATIENT/1/*.png)")
+    return patients
+
+
+def list_patches(idc_dir: str | os.PathLike, patients: Sequence[str]) -> dict[int, list[str]]:
+    """Patch files of some patients, by class.
+
+    Parameters
+    ----------
+    idc_dir : path
+        IDC folder (``PATIENT/CLASS/PATIENT_idx5_xX_yY_classC.png``).
+    patients : sequence of str
+        Patient IDs.
+
+    Returns
+    -------
+    dict
+        ``{0: [...], 1: [...]}``: sorted paths relative to ``idc_dir``
+        (``PATIENT/CLASS/NAME.png``).
+
+    Raises
+    ------
+    WsiheatError
+        For an unknown patient.
+    """
+    idc = _check_idc_dir(idc_dir)
+    out: dict[int, list[str]] = {0: [], 1: []}
+    for pid in sorted(set(patients)):
+        pdir = idc / pid
+        if not pdir.is_dir():
+            raise WsiheatError(f"{pdir}: no such patient folder in {idc}")
+        for cls in (0, 1):
+            cdir = pdir / str(cls)
+            if not cdir.is_dir():
+                continue
+            for f in sorted(cdir.iterdir()):
+                m = _PATCH_RE.match(f.name)
+                if m and int(m["cls"]) == cls:
+                    out[cls].append(f"{pid}/{cls}/{f.name}")
+    return out
+
+
+def parse_fractions(text: str) -> dict[str, float]:
+    """Parse ``"train=0.8,test=0.2"`` into ``{"train": 0.8, "test": 0.2}``.
+
+    Raises
+    ------
+    WsiheatError
+        For a malformed item.
+    """
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise WsiheatError(f"split fractions: bad item {item!r} in {text!r} "
+                               f"(expected NAME=FRACTION, e.g. train=0.8,test=0.2)") from None
+    if not out:
+        raise WsiheatError(f"split fractions: none given in {text!r} (e.g. train=0.8,test=0.2)")
+    return out
+
+
+def split_patients(idc_dir: str | os.PathLike, fractions: dict[str, float],
+                   seed: int) -> dict[str, list[str]]:
+    """Split the patients of an IDC folder into disjoint named sets.
+
+    The patients (sorted) are shuffled with ``seed`` and cut in the order the
+    splits are given, at ``round(n * cumulative_fraction)``. Every patient is
+    in exactly one split, so no patient's patches appear in two splits; the
+    result depends only on the patient IDs, the fractions and the seed.
+
+    Parameters
+    ----------
+    idc_dir : path
+        IDC folder.
+    fractions : dict of str to float
+        Split name -> fraction; positive, summing to 1.
+    seed : int
+        Shuffle seed.
+
+    Returns
+    -------
+    dict of str to list of str
+        Split name -> sorted patient IDs.
+
+    Raises
+    ------
+    WsiheatError
+        For fractions that are not positive or do not sum to 1, or more
+        splits than patients.
+    """
+    if not fractions:
+        raise WsiheatError("split fractions: none given")
+    for name, f in fractions.items():
+        if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
+            raise WsiheatError(f"split fractions: {name}={f} is not a positive number")
+    total = float(sum(fractions.values()))
+    if abs(total - 1.0) > 1e-6:
+        raise WsiheatError(f"split fractions: {', '.join(f'{k}={v:g}' for k, v in fractions.items())} "
+                           f"sum to {total:g}, not 1")
+    patients = list_patients(idc_dir)
+    n = len(patients)
+    if len(fractions) > n:
+        raise WsiheatError(f"{idc_dir}: {n} patients cannot fill {len(fractions)} splits")
+    order = np.random.default_rng(int(seed)).permutation(n)
+    shuffled = [patients[i] for i in order]
+    out: dict[str, list[str]] = {}
+    cum, start = 0.0, 0
+    names = list(fractions)
+    for k, name in enumerate(names):
+        cum += fractions[name]
+        end = n if k == len(names) - 1 else int(round(n * cum))
+        end = max(end, start)
+        out[name] = sorted(shuffled[start:end])
+        start = end
+    empty = [k for k, v in out.items() if not v]
+    if empty:
+        raise WsiheatError(f"{idc_dir}: split {empty[0]!r} gets no patient out of {n}; "
+                           f"raise its fraction")
+    return out

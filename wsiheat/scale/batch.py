@@ -1,0 +1,276 @@
+"""Scale out: many slides over processes and machines (Dask), multi-worker training.
+
+Many slides
+-----------
+Every slide is an independent task: a pure function of its inputs whose
+outputs are written atomically (:func:`wsiheat.fileio.atomic_path`). The
+runner :func:`run_slides` executes the tasks
+
+* ``workers=0`` (default): in this process, one after the other; Dask is not
+  even imported;
+* ``workers=N``: on a local Dask cluster (``LocalCluster``, N worker
+  processes, one thread each) started and stopped by the call;
+* ``scheduler="tcp://HOST:8786"``: on an existing Dask cluster (workers started
+  with ``dask worker tcp://HOST:8786`` on any number of machines that see the
+  same files).
+
+A task that raises is retried (``retries`` times, default once) and then
+reported as *failed* with its error; it never touches other slides' outputs.
+Tasks whose outputs already exist are *skipped*, so re-running the same
+command resumes an interrupted or partly failed run.
+
+Extraction (:func:`extract_many`) writes one shard per slide,
+``OUTPUT.shards/NAME.h5`` (a valid patches file of one slide), then appends
+the shards, in manifest order, to the single HDF5 contract file with
+:func:`wsiheat.patches.store.merge_into` (a copy; atomic). The result is identical to
+extracting the slides one after the other in one process.
+
+Heatmaps (:func:`heatmap_many`) write each slide's outputs into the output
+folder; slides whose outputs are all present are skipped. A worker process
+loads the model once (:func:`cached_model`) and reuses it for all its slides.
+
+Training
+--------
+:func:`select_strategy` chooses the ``tf.distribute`` strategy:
+``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` lists several workers,
+``MirroredStrategy`` with more than one local GPU, else the default strategy.
+"""
+
+from __future__ import annotations
+
+
+
+import functools
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from wsiheat.errors import WsiheatError
+from wsiheat.scale.tasks import SlideTask, _check_unique
+from wsiheat.scale.runner import run_slides
+
+
+# --- extraction over many slides -------------------------------------------------------
+
+def shard_dir_for(output: str | os.PathLike) -> Path:
+    """Folder of the per-slide shards of ``output``: ``OUTPUT.shards`` beside it."""
+    output = Path(output)
+    return output.parent / f"{output.name}.shards"
+
+
+def _shard_complete(shard: Path, name: str) -> bool:
+    if not shard.is_file():
+        return False
+    from wsiheat.patches.store import open_patches
+
+    try:
+        with open_patches(shard) as pf:
+            return pf.slides == [name]
+    except (WsiheatError, OSError):
+        return False
+
+
+def extract_shard(task: SlideTask, shard_dir: str, params: dict) -> dict:
+    """Extract one slide into its own shard ``shard_dir/NAME.h5`` (atomic).
+
+    ``params`` are the keyword options of
+    :func:`wsiheat.patches.extract.extract_to_file` (levels, downsamples, mpps, window,
+    center, stride, tissue_threshold, normal_ratio, max_normal, seed,
+    tissue_downsample); the shard's attributes and ``slide_info`` are those
+    ``extract_to_file`` writes, so merged shards equal a sequential run.
+
+    Returns
+    -------
+    dict
+        ``shard`` path plus the slide's statistics (scanned, kept_tumor, ...).
+    """
+    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
+    from wsiheat.patches.extract import extraction_attrs, write_shard
+    from wsiheat.fileio import atomic_path
+    from wsiheat.wsi.slide import Slide
+
+    shard = Path(shard_dir) / f"{task.name}.h5"
+    slide = Slide(task.slide)
+    try:
+        if slide.name != task.name:
+            raise WsiheatError(f"{task.slide}: slide name {slide.name} differs from task name {task.name}")
+        gt = load_ground_truth(task.ground_truth, slide.dimensions) if task.ground_truth else None
+        spec, attrs = extraction_attrs(slide, **params)
+        with atomic_path(shard, suffix=".h5") as tmp:
+            stats = write_shard(slide, gt, tmp, spec, attrs, progress=False)
+    finally:
+        slide.close()
+    keep = ("scanned", "on_tissue", "tumor", "kept_tumor", "kept_normal", "kept")
+    return {"shard": str(shard), **{k: stats[k] for k in keep if k in stats}}
+
+
+def extract_many(tasks: Sequence[SlideTask], output: str | os.PathLike, *, workers: int = 0,
+                 scheduler: str | None = None, retries: int = 1, keep_shards: bool = False,
+                 progress: bool = True, client=None, **params) -> dict:
+    """Extract many slides in parallel into one patches file, resumably.
+
+    Each slide becomes a shard ``OUTPUT.shards/NAME.h5`` (:func:`extract_shard`,
+    run through :func:`run_slides`); then the shards of slides not yet in
+    ``output`` are appended to it in task order with
+    :func:`wsiheat.patches.store.merge_into` (one atomic copy). Slides already in
+    ``output``, or with a complete shard, are skipped. Failed slides are left
+    out of the merge (and reported); the others are merged.
+
+    Parameters
+    ----------
+    tasks : sequence of SlideTask
+    output : path-like
+        Patches file to create or append to.
+    workers, scheduler, retries, progress, client
+        See :func:`run_slides`.
+    keep_shards : bool
+        Keep the shards after merging (default: delete them).
+    **params
+        Extraction options, see :func:`extract_shard`.
+
+    Returns
+    -------
+    dict
+        ``results`` (list of SlideResult), ``merged`` (merge_into's summary or
+        None), ``output``, ``shard_dir``, ``seconds``.
+    """
+    from wsiheat.fileio import check_writable_dir
+    from wsiheat.patches.store import merge_into, open_patches
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    if output.is_dir():
+        raise WsiheatError(f"{output}: is a folder; give a file name such as {output / 'patches.h5'}")
+    check_writable_dir(output)
+    tasks = list(tasks)
+    _check_unique(tasks, "slides")
+    present: set[str] = set()
+    if output.exists():
+        with open_patches(output) as pf:
+            present = set(pf.slides)
+            a = pf.attrs
+            for k in ("window", "center", "stride"):
+                if k in params and params[k] is not None and int(params[k]) != int(a[k]):
+                    raise WsiheatError(f"{output}: {k} {params[k]} differs from the file's {a[k]}; "
+                                       f"extract into another file or use the file's parameters")
+    sdir = shard_dir_for(output)
+    sdir.mkdir(exist_ok=True)
+
+    def is_done(t: SlideTask) -> bool:
+        return t.name in present or _shard_complete(sdir / f"{t.name}.h5", t.name)
+
+    fn = functools.partial(extract_shard, shard_dir=str(sdir), params=params)
+    results = run_slides(tasks, fn, workers=workers, scheduler=scheduler, retries=retries, desc="extract",
+                         is_done=is_done, progress=progress, client=client)
+    to_merge = [sdir / f"{t.name}.h5" for t, r in zip(tasks, results)
+                if t.name not in present and r.status != "failed" and (sdir / f"{t.name}.h5").is_file()]
+    merged = merge_into(output, to_merge) if to_merge else None
+    if not keep_shards:
+        for s in to_merge:
+            s.unlink(missing_ok=True)
+        try:
+            sdir.rmdir()
+        except OSError:  # not empty (failed slides' leftovers, other files): keep it
+            pass
+    return {"results": results, "merged": merged, "output": str(output), "shard_dir": str(sdir),
+            "seconds": time.perf_counter() - t0}
+
+
+# --- heatmaps over many slides ---------------------------------------------------------
+
+_MODELS: dict[tuple, tuple] = {}
+_MODELS_LOCK = threading.Lock()
+_LOADS = 0
+
+
+def cached_model(path: str | os.PathLike, precision: str = "float32"):
+    """``wsiheat.models.model.load_model(path, precision=precision)``, loaded once per process and reused.
+
+    In a Dask worker process every task on that worker gets the same model
+    object, so a GPU worker pays the load (and the GPU memory) once. The key
+    is the resolved path and its modification time.
+
+    Returns
+    -------
+    (keras.Model, dict)
+    """
+    p = Path(path).resolve()
+    try:
+        key = (str(p), p.stat().st_mtime_ns, precision)
+    except FileNotFoundError:
+        raise WsiheatError(f"{path}: no such model file") from None
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            from wsiheat.models.model import import_tensorflow_quietly, load_model
+
+            import_tensorflow_quietly()
+            global _LOADS
+            for k in [k for k in _MODELS if k[0] == key[0]]:  # an older version of the file
+                del _MODELS[k]
+            _MODELS[key] = load_model(p, precision=precision)
+            _LOADS += 1
+        return _MODELS[key]
+
+
+def model_loads() -> int:
+    """How many times this process has loaded a model file (tests, diagnostics)."""
+    return _LOADS
+
+
+def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) -> dict:
+    """Heatmap outputs of one slide with the process's cached model (see :func:`cached_model`)."""
+    from wsiheat.inference.heatmap import heatmap_slide
+
+    options = dict(options)
+    model, metadata = cached_model(model_path, options.pop("precision", "float32"))
+    summary = heatmap_slide(task.slide, model, metadata, out_dir, model_path=str(model_path),
+                            progress=False, **options)
+    summary = dict(summary)
+    summary["model_loads"] = model_loads()
+    return summary
+
+
+def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 workers: int = 0, scheduler: str | None = None, retries: int = 1, progress: bool = True,
+                 resources: dict | None = None, client=None, **options) -> dict:
+    """Heatmaps of many slides, in parallel and resumably.
+
+    Slides whose outputs are all present in ``out_dir`` are skipped. Each
+    worker process loads the model once.
+
+    Parameters
+    ----------
+    tasks : sequence of SlideTask
+    model_path : path-like
+        Saved wsiheat model (``.keras``).
+    out_dir : path-like
+        Output folder (created if missing).
+    workers, scheduler, retries, progress, resources, client
+        See :func:`run_slides` (``resources={"GPU": 1}`` for one-GPU workers).
+    **options
+        Keyword options of :func:`wsiheat.inference.heatmap.heatmap_slide` (batch_size,
+        tta, tissue_threshold, lesion_threshold, ...), and ``precision``
+        (the model's compute precision, :data:`wsiheat.models.model.INFER_PRECISIONS`).
+
+    Returns
+    -------
+    dict
+        ``results`` (list of SlideResult), ``out_dir``, ``seconds``.
+    """
+    from wsiheat.inference.outputs import outputs_exist
+    from wsiheat.models.model import read_metadata
+
+    t0 = time.perf_counter()
+    tasks = list(tasks)
+    _check_unique(tasks, "slides")
+    read_metadata(model_path)  # fail fast on a bad model file, here rather than on every worker
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fn = functools.partial(heatmap_task, model_path=str(Path(model_path).resolve()), out_dir=str(out),
+                           options=options)
+    results = run_slides(tasks, fn, workers=workers, scheduler=scheduler, retries=retries, desc="heatmap",
+                         is_done=lambda t: outputs_exist(out, t.name), progress=progress,
+                         resources=resources, client=client)
+    return {"results": results, "out_dir": str(out), "seconds": time.perf_counter() - t0}

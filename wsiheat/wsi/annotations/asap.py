@@ -1,0 +1,81 @@
+"""wsi.annotations.asap (split from wsiheat.wsi.annotations.groundtruth, wsiheat.patches.mosaic)."""
+
+from __future__ import annotations
+
+
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from wsiheat.errors import GroundTruthError
+
+
+from typing import Sequence
+from xml.sax.saxutils import quoteattr
+
+
+
+#: ASAP groups that are tumor / holes in CAMELYON16.
+TUMOR_GROUPS = ("tumor", "_0", "_1", "metastases", "metastasis")
+HOLE_GROUPS = ("_2", "exclusion", "non-tumor", "normal")
+
+
+# --- readers -----------------------------------------------------------------------
+
+def read_asap_xml(path: str | os.PathLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Read CAMELYON16 ASAP XML into (tumor polygons, holes), level-0 pixels."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise GroundTruthError(f"{path}: not valid XML ({exc})") from None
+    pos, neg = [], []
+    for ann in root.iter("Annotation"):
+        group = (ann.get("PartOfGroup") or "").strip().lower()
+        pts = []
+        for c in ann.iter("Coordinate"):
+            try:
+                pts.append((float(c.get("X").replace(",", ".")), float(c.get("Y").replace(",", "."))))
+            except (TypeError, ValueError, AttributeError):
+                raise GroundTruthError(f"{path}: annotation {ann.get('Name')!r} has a coordinate without "
+                                   f"numeric X/Y") from None
+        if len(pts) < 3:
+            continue
+        if group in HOLE_GROUPS:
+            neg.append(np.asarray(pts))
+        elif group in TUMOR_GROUPS or group in ("", "none"):
+            pos.append(np.asarray(pts))
+    return pos, neg
+
+
+def asap_xml(polygons: Sequence[Sequence[tuple[float, float]]], group: str = "Tumor") -> str:
+    """CAMELYON16 ASAP XML text for polygons in level-0 pixels.
+
+    Parameters
+    ----------
+    polygons : sequence of sequence of (x, y)
+        Closed polygons (first vertex not repeated).
+    group : str
+        ``PartOfGroup`` of every annotation, declared in ``<AnnotationGroups>``.
+
+    Returns
+    -------
+    str
+    """
+    lines = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
+    for i, poly in enumerate(polygons):
+        lines.append(f'\t\t<Annotation Name={quoteattr(f"{group} {i + 1}")} Type="Polygon" '
+                     f'PartOfGroup={quoteattr(group)} Color="#F4FA58">')
+        lines.append("\t\t\t<Coordinates>")
+        for k, (x, y) in enumerate(poly):
+            lines.append(f'\t\t\t\t<Coordinate Order="{k}" X="{float(x):.1f}" Y="{float(y):.1f}" />')
+        lines.append("\t\t\t</Coordinates>")
+        lines.append("\t\t</Annotation>")
+    lines += ["\t</Annotations>", "\t<AnnotationGroups>",
+              f'\t\t<Group Name={quoteattr(group)} PartOfGroup="None" Color="#00ff00">',
+              "\t\t\t<Attributes />", "\t\t</Group>", "\t</AnnotationGroups>",
+              "</ASAP_Annotations>", ""]
+    return "\n".join(lines)
