@@ -87,17 +87,44 @@ def official_computeFROC(FROC_data):
     return total_FPs, total_sensitivity
 
 
+def official_readCSVContent(csvDIR):
+    Xcorr, Ycorr, Probs = ([] for i in range(3))
+    csv_lines = open(csvDIR, "r").readlines()  # noqa: SIM115 (transcribed as is)
+    for i in range(len(csv_lines)):
+        line = csv_lines[i]
+        elems = line.rstrip().split(",")
+        Probs.append(float(elems[0]))
+        Xcorr.append(int(elems[1]))
+        Ycorr.append(int(elems[2]))
+    return Probs, Xcorr, Ycorr
+
+
+def official_read_mask(maskDIR, level):
+    """The first lines of computeEvaluationMask: level ``level`` of the mask, channel 0, via OpenSlide."""
+    import openslide
+
+    slide = openslide.open_slide(str(maskDIR))
+    dims = slide.level_dimensions[level]
+    pixelarray = np.array(slide.read_region((0, 0), level, dims))
+    return pixelarray[:, :, 0]
+
+
 def official_froc(cases):
-    """cases: list of (name, probs, xs, ys, level5 tumor bool mask or None)."""
+    """cases: list of (name, probs, xs, ys, level5 tumor mask or None); a bool mask is made 0/255,
+    a uint8 one (as read by official_read_mask) is used as is."""
     FROC_data = [[], [], [], []]
     for name, probs, xs, ys, tumor in cases:
         is_tumor = tumor is not None
         if is_tumor:
-            em = official_computeEvaluationMask(np.where(tumor, 255, 0).astype(np.uint8), 0.243, 5)
+            pixels = np.where(tumor, 255, 0).astype(np.uint8) if tumor.dtype == bool else tumor
+            em = official_computeEvaluationMask(pixels, 0.243, 5)
             itc = official_computeITCList(em, 0.243, 5)
         else:
             em, itc = 0, []
-        fp, tp, n = official_compute_FP_TP_Probs(list(ys), list(xs), list(probs), is_tumor, em, itc, 5)
+        # Python floats and ints, as readCSVContent gives them (NumPy then compares the float32
+        # TP array with a Python-float threshold in float32)
+        probs, xs, ys = [float(p) for p in probs], [int(x) for x in xs], [int(y) for y in ys]
+        fp, tp, n = official_compute_FP_TP_Probs(ys, xs, probs, is_tumor, em, itc, 5)
         FROC_data[0].append(name)
         FROC_data[1].append(fp)
         FROC_data[2].append(tp)
@@ -259,13 +286,14 @@ def test_detection_hit_once_twice_margin_and_fp():
     y = 35 * D
     # once / twice on the same lesion: one TP at the max, no FP
     m1 = match_detections([0.6], [40 * D], [y], labels)
-    assert m1.tp_probs.tolist() == [0.6] and m1.fp_probs.size == 0 and m1.num_tumors == 1
+    # lesion scores are float32 as in the official code, false positives keep their value
+    assert m1.tp_probs.dtype == np.float32 and m1.tp_probs.tolist() == [np.float32(0.6)] and m1.fp_probs.size == 0 and m1.num_tumors == 1
     m2 = match_detections([0.6, 0.9], [40 * D, 30 * D], [y, y], labels)
-    assert m2.tp_probs.tolist() == [0.9] and m2.fp_probs.size == 0
+    assert m2.tp_probs.tolist() == [np.float32(0.9)] and m2.fp_probs.size == 0
     # tumor ends at column 59: column 63 (4 px, < 4.82) is inside, column 64 is outside
     inside_x, outside_x = 63 * D + D - 1, 64 * D
     m3 = match_detections([0.7, 0.8], [inside_x, outside_x], [y, y], labels)
-    assert m3.tp_probs.tolist() == [0.7] and m3.fp_probs.tolist() == [0.8]
+    assert m3.tp_probs.tolist() == [np.float32(0.7)] and m3.fp_probs.tolist() == [0.8]
     # level-0 -> level-5 lookup is an integer division
     assert labels[y // D, inside_x // D] == 1 and labels[y // D, outside_x // D] == 0
 
@@ -385,42 +413,208 @@ def random_blobs(rng, shape, n):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_matches_official_code_on_random_slides(seed):
+def test_matches_official_code_on_random_slides(seed, tmp_path):
+    """evaluate_froc on real files against the transcribed Evaluation_FROC.py reading the same files.
+
+    Five slides per seed, always compared: slide 0 always holds a lesion too long to be an
+    ITC; the others are a level-5 mask TIFF of a slide whose size is not a multiple of 32,
+    a full-resolution pyramid of odd size (ceil sizes, as tests/_tiff.py writes), an ASAP
+    pyramid (floor sizes), or a normal slide; scores have 6 decimals with ties across
+    slides and between false positives and lesions.
+    """
+    import tifffile
+    from _tiff import write_mask_tiff
+
     rng = np.random.default_rng(seed)
-    dets, masks = {}, {}
-    for k in range(5):
-        shape = (int(rng.integers(50, 160)), int(rng.integers(50, 160)))
-        tumor = random_blobs(rng, shape, int(rng.integers(0, 12))) if k < 4 else None
+    (tmp_path / "gt").mkdir()
+    kinds = ["level5", "ceil", "asap", "level5", "normal"]
+    slides, masks, ref = {}, {}, ["slide,label"]
+    for k, kind in enumerate(kinds):
+        w5, h5 = int(rng.integers(50, 90)), int(rng.integers(50, 90))
+        W, H = w5 * D - int(rng.integers(1, 32)), h5 * D - int(rng.integers(1, 32))  # never a multiple of 32
+        name = f"{'Normal' if kind == 'normal' else 'Tumor'}_{k:03d}"
+        ref.append(f"{name},{int(kind != 'normal')}")
+        # the level-5 extent the official code can index (it reads the stored level only)
+        ew, eh = (W // D, H // D) if kind == "asap" else (w5, h5)
+        if kind != "normal":
+            level0 = np.zeros((H, W), np.uint8)
+            n_blobs = int(rng.integers(1, 8))
+            for b in range(n_blobs):
+                # level-0 rectangles off the 32-pixel grid, away from the right/bottom edge
+                # (6 level-5 px: wsiheat's mask has ceil sizes, the stored ASAP level floor sizes)
+                bw, bh = (int(rng.integers(1200, 1600)), 40) if k == 0 and b == 0 else rng.integers(1, 700, 2)
+                x = int(rng.integers(0, max(1, (ew - 7) * D - bw)))
+                y = int(rng.integers(0, max(1, (eh - 7) * D - bh)))
+                level0[y:y + bh, x:x + bw] = 255
+            path = tmp_path / "gt" / f"{name}_Mask.tif"
+            if kind == "level5":
+                write_mask_tiff(path, level0[::D, ::D], 1, tile=64)
+            elif kind == "ceil":
+                write_mask_tiff(path, level0, 6, tile=256)
+            else:
+                write_asap_mask_tiff(path, level0, 6, tile=256)
+            masks[name] = path
+            stored = level0[::D, ::D] if kind != "asap" else tifffile.imread(path, key=5)
+            assert stored.shape == (eh, ew)
         n = int(rng.integers(1, 60))
-        probs = rng.random(n).astype(np.float32).astype(np.float64)  # float32 values, as a model writes
+        probs = np.round(rng.random(n), 6)
         tie = rng.random(n) < 0.3
-        probs[tie] = np.round(probs[tie], 1)  # ties across slides and between FPs and TPs
-        probs = probs.astype(np.float32).astype(np.float64)
-        xs = rng.integers(0, shape[1] * D, n)
-        ys = rng.integers(0, shape[0] * D, n)
-        name = f"S{k}"
-        dets[name] = (probs, xs, ys)
-        masks[name] = tumor if tumor is not None and tumor.any() else None
-    if sum(evaluation_mask(m).max() for m in masks.values() if m is not None) == 0:
-        pytest.skip("no lesion drawn")
-    # the official labels and ITC lists
-    for name, tumor in masks.items():
-        if tumor is None:
-            continue
-        ref = official_computeEvaluationMask(np.where(tumor, 255, 0).astype(np.uint8), 0.243, 5)
-        ours = evaluation_mask(tumor)
-        assert np.array_equal(ref, ours)
-        assert official_computeITCList(ref, 0.243, 5) == itc_labels(ours)
-    try:
-        res = froc_from_arrays(dets, masks)
-    except WsiheatError as exc:  # every lesion an ITC
-        assert "no lesion" in str(exc)
-        return
-    cases = [(n, *dets[n], masks[n]) for n in sorted(dets)]
+        probs[tie] = rng.choice([0.3, 0.7, 0.1, 0.123457], tie.sum())  # float32 rounds some up, some down
+        xmax, ymax = min(ew * D, W), min(eh * D, H)  # inside the slide and the stored level
+        xs, ys = rng.integers(0, xmax, n), rng.integers(0, ymax, n)
+        if kind != "normal":  # detections on and around the tumor too
+            on = np.argwhere(stored > 0)
+            pick = on[rng.integers(0, len(on), n // 2)]
+            xs[: n // 2] = np.clip(pick[:, 1] * D + rng.integers(-200, 232, n // 2), 0, xmax - 1)
+            ys[: n // 2] = np.clip(pick[:, 0] * D + rng.integers(-200, 232, n // 2), 0, ymax - 1)
+        slides[name] = ((W, H), "".join(f"{p:.6f},{x},{y}\n" for p, x, y in zip(probs, xs, ys)))
+    (tmp_path / "ref.csv").write_text("\n".join(ref) + "\n")
+    rep = froc_files(tmp_path, slides, masks, reference=tmp_path / "ref.csv")
+    assert rep["n_lesions"] >= 1
+    # the official code: level 5 of each mask (level 0 of a level-5 mask), read by OpenSlide
+    cases = []
+    for name in sorted(slides):
+        probs, xs, ys = official_readCSVContent(tmp_path / "results" / f"{name}_lesions.csv")
+        tumor = None
+        if name in masks:
+            level = 0 if kinds[int(name[-3:])] == "level5" else 5
+            tumor = official_read_mask(masks[name], level)
+        cases.append((name, probs, xs, ys, tumor))
     fps, sens, score = official_froc(cases)
-    assert np.array_equal(fps, res.fps_per_slide)
-    assert np.array_equal(sens, res.sensitivity)
-    assert score == pytest.approx(res.score, abs=1e-15)
+    curve = np.loadtxt(tmp_path / "eval" / "froc_curve.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert np.array_equal(fps, curve[:, 1])
+    assert np.array_equal(sens, curve[:, 2])
+    assert rep["froc_score"] == score
+
+
+# ---------------------------------------------------------------------------------
+# Issue 20: the same FROC as Evaluation_FROC.py on mask TIFFs of odd slide sizes,
+# full-resolution mask pyramids and 6-decimal scores (real TIFF and CSV files)
+# ---------------------------------------------------------------------------------
+
+def write_asap_mask_tiff(path, level0, n_levels, tile=16):
+    """A mask pyramid as ASAP's MultiResolutionImageWriter stores it: level k has
+    floor(W / 2**k) x floor(H / 2**k) pixels, level[k][i, j] = level[k-1][2i, 2j]."""
+    import tifffile
+
+    H, W = level0.shape
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(n_levels):
+            d = 2 ** k
+            tw.write(np.ascontiguousarray(level0[::d, ::d][:H // d, :W // d]), tile=(tile, tile),
+                     photometric="minisblack", compression="zlib", subfiletype=1 if k else 0)
+
+
+def froc_files(tmp_path, slides, masks, reference=None):
+    """Write heatmap-style results (NAME.json with ``dimensions``, NAME_lesions.csv) for
+    ``slides`` {name: ((W, H), csv text)} and run ``evaluate_froc`` on the ground-truth
+    files ``masks`` {name: path}; returns the report."""
+    res = tmp_path / "results"
+    res.mkdir(exist_ok=True)
+    for name, (dims, text) in slides.items():
+        (res / f"{name}.json").write_text(json.dumps({"slide": name, "score": 0.5, "dimensions": list(dims)}))
+        (res / f"{name}_lesions.csv").write_text(text)
+    return evaluate_froc(res, sorted(str(p) for p in masks.values()), tmp_path / "eval", reference=reference,
+                           progress=False)
+
+
+def official_froc_files(tmp_path, slides, masks, level=5):
+    """Evaluation_FROC.py on the same files: CSVs read by readCSVContent, masks by OpenSlide at ``level``."""
+    cases = []
+    for name in sorted(slides):
+        probs, xs, ys = official_readCSVContent(tmp_path / "results" / f"{name}_lesions.csv")
+        tumor = official_read_mask(masks[name], level) if name in masks else None
+        cases.append((name, probs, xs, ys, tumor))
+    return official_froc(cases)[2]
+
+
+def bar_mask_level5():
+    """The issue's minimal mask: 40 x 40 at level 5, a bar at row 20, columns 5-30 (0/255)."""
+    m = np.zeros((40, 40), np.uint8)
+    m[20, 5:31] = 255
+    return m
+
+
+MINIMAL_DETECTIONS = "0.9,5,645\n0.1,1216,1216\n"  # 5 columns left of the bar: 5 px away, a FP
+
+
+@pytest.mark.parametrize("dims", [(1280, 1280), (1279, 1280), (1249, 1262)])
+def test_froc_level5_mask_of_a_slide_not_a_multiple_of_32(tmp_path, dims):
+    # the mask is read as its own level (downsample 32), not at the mean ratio (31.99 for
+    # 1279 x 1280), which used to grow it by a pixel towards the top-left and turn the
+    # detection 5 px left of the bar into a hit: FROC 1.0 instead of 0.0
+    from _tiff import write_mask_tiff
+
+    from wsiheat.wsi.annotations import load_ground_truth
+
+    (tmp_path / "gt").mkdir()
+    mask = tmp_path / "gt" / "Tumor_001_Mask.tif"
+    write_mask_tiff(mask, bar_mask_level5(), 1, tile=16)
+    gt = load_ground_truth(mask, dims)
+    assert gt.scale == 32
+    assert np.array_equal(gt.level_mask(5, dims), bar_mask_level5() > 0)
+    slides = {"Tumor_001": (dims, MINIMAL_DETECTIONS)}
+    rep = froc_files(tmp_path, slides, {"Tumor_001": mask})
+    assert rep["froc_score"] == 0.0
+    assert rep["per_slide"][0]["false_positives"] == 2 and rep["n_lesions"] == 1
+    assert official_froc_files(tmp_path, slides, {"Tumor_001": mask}, level=0) == 0.0
+
+
+@pytest.mark.parametrize("pyramid", ["ceil", "asap"])
+def test_froc_full_resolution_mask_pyramid_of_odd_size(tmp_path, pyramid):
+    # a 1279 x 1280 mask pyramid: OpenSlide's level-5 downsample is 31.9875 (ceil sizes) or
+    # 32.39 (ASAP's floor sizes, 39 x 40); level 5 must be read as stored (26 tumor pixels),
+    # not pooled from level 4 or dilated (54)
+    import tifffile
+    from _tiff import write_mask_tiff
+
+    from wsiheat.wsi.annotations import load_ground_truth
+
+    level0 = np.zeros((1280, 1279), np.uint8)
+    level0[640:672, 160:992] = 255  # level 5: row 20, columns 5-30
+    (tmp_path / "gt").mkdir()
+    mask = tmp_path / "gt" / "Tumor_001_Mask.tif"
+    if pyramid == "ceil":
+        write_mask_tiff(mask, level0, 6, tile=64)
+    else:
+        write_asap_mask_tiff(mask, level0, 6)
+    stored = tifffile.imread(mask, key=5) > 0
+    assert stored.sum() == 26
+    gt = load_ground_truth(mask, (1279, 1280))
+    got = gt.level_mask(5, (1279, 1280))
+    assert got.shape == (40, 40) and got.sum() == 26
+    assert np.array_equal(got[:stored.shape[0], :stored.shape[1]], stored)
+    # a region away from the origin reads the same stored pixels
+    assert np.array_equal(gt.tumor_mask(20 * 32, 19 * 32, 20, 3, 32.0), got[19:22, 20:40])
+    slides = {"Tumor_001": ((1279, 1280), MINIMAL_DETECTIONS)}
+    rep = froc_files(tmp_path, slides, {"Tumor_001": mask})
+    assert rep["froc_score"] == official_froc_files(tmp_path, slides, {"Tumor_001": mask}) == 0.0
+
+
+def test_froc_six_decimal_ties_are_ranked_as_float32(tmp_path):
+    # a FP and a lesion tie at 0.300000 in the CSV; the official code keeps the lesion's
+    # score as float32(0.3) > 0.3, so they are two thresholds: FROC 2/3 (float64: 0.5)
+    from _tiff import write_mask_tiff
+
+    (tmp_path / "gt").mkdir()
+    mask = tmp_path / "gt" / "Tumor_001_Mask.tif"
+    write_mask_tiff(mask, bar_mask_level5(), 1, tile=16)
+    text = "0.300000,320,640\n0.300000,64,64\n0.500000,1216,1216\n0.100000,64,1216\n"
+    slides = {"Tumor_001": ((1280, 1280), text)}
+    rep = froc_files(tmp_path, slides, {"Tumor_001": mask})
+    official = official_froc_files(tmp_path, slides, {"Tumor_001": mask}, level=0)
+    assert official == pytest.approx(2 / 3)
+    assert rep["froc_score"] == official
+    # the same in the pure function: a lesion counts at t when float32(score) >= float32(t)
+    m = SlideMatch("T", np.array([0.3, 0.5, 0.1]), np.array([0.3]), 1, [], np.zeros(0, np.int64))
+    _, sens, thr = froc_curve([m])
+    assert thr[:3].tolist() == [0.3, float(np.float32(0.3)), 0.5]
+    assert sens.tolist() == [1.0, 1.0, 0.0, 0.0]
+    # a tie whose float32 value is below the CSV value: the lesion counts at both thresholds
+    assert float(np.float32(0.7)) < 0.7
+    m = SlideMatch("T", np.array([0.7, 0.9]), np.array([0.7, 0.0]), 2, [], np.zeros(0, np.int64))
+    _, sens, thr = froc_curve([m])
+    assert thr[:2].tolist() == [float(np.float32(0.7)), 0.7] and sens[:2].tolist() == [0.5, 0.5]
 
 
 def test_read_detections_header_blank_lines_and_errors(tmp_path):

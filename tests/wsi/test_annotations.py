@@ -260,6 +260,76 @@ def test_tiny_polygon_marks_a_pixel():
     assert m.sum() >= 1 and m[3, 3]
 
 
+# --- ASAP's AnnotationToMask convention (issue 20) ----------------------------------------
+
+def asap_level0_reference(positive, negative, W, H):
+    """Every level-0 pixel as ASAP's AnnotationToMask::convert writes it (annotation/AnnotationToMask.cpp,
+    computationalpathologygroup/ASAP since 2016-02), transcribed literally but vectorized over pixels:
+    the point (x, y) is tested, strictly inside the vertices' bounding box, wn_PnPoly != 0 with
+    ASAP's isLeft (y axis reversed, float32, truncated to int); holes (label 0) drawn last."""
+    f32 = np.float32
+    yy, xx = np.mgrid[0:H, 0:W]
+    px, py = xx.astype(f32), yy.astype(f32)
+    out = np.zeros((H, W), np.uint8)
+    for polys, label in ((positive, 1), (negative, 0)):
+        for p in polys:
+            V = np.asarray(p, np.float64).astype(f32)
+            V = np.concatenate([V, V[:1]])  # coords.push_back(coords[0])
+            tl, br = V.min(axis=0), V.max(axis=0)
+            box = (px > tl[0]) & (px < br[0]) & (py > tl[1]) & (py < br[1])
+            wn = np.zeros((H, W), np.int32)
+            for k in range(len(V) - 1):
+                P0, P1 = V[k], V[k + 1]
+                is_left = ((P1[0] - P0[0]) * (P0[1] - py) - (px - P0[0]) * (P0[1] - P1[1])).astype(f32)
+                il = np.trunc(is_left).astype(np.int64)  # static_cast<int>
+                start_below = P0[1] <= py
+                wn += start_below & (P1[1] > py) & (il > 0)
+                wn -= ~start_below & (P1[1] <= py) & (il < 0)
+            out[box & (wn != 0)] = label
+    return out
+
+
+def asap_stored_level(level0, level):
+    """Level ``level`` of ASAP's pyramid (floor sizes, top-left nearest neighbour), padded to ceil sizes."""
+    H, W = level0.shape
+    d = 2 ** level
+    out = np.zeros((-(-H // d), -(-W // d)), bool)
+    out[:H // d, :W // d] = level0[::d, ::d][:H // d, :W // d] > 0
+    return out
+
+
+def test_polygon_level_mask_is_the_asap_mask_pyramid():
+    W, H = 701, 613
+    # a square on the level-5 grid: ASAP tests the pixel corners strictly inside the bounding
+    # box, so only (64, 64) -- level-5 pixel (2, 2) -- is tumor (tumor_mask, which keeps the
+    # pixels an outline touches, gives the 3 x 3 pixels the square's outline touches)
+    square = np.array([[32, 32], [96, 32], [96, 96], [32, 96]], float)
+    gt = PolygonGroundTruth([square], [], dimensions=(W, H))
+    m = gt.level_mask(5)
+    assert m.shape == (20, 22) and m.sum() == 1 and m[2, 2]
+    assert gt.tumor_mask(0, 0, 22, 20, 32.0).sum() == 9
+    # random polygons (self-intersecting ones, integer and grid vertices, holes) at several levels
+    rng = np.random.default_rng(0)
+    for t in range(12):
+        pos = []
+        for _ in range(3):
+            n = int(rng.integers(3, 40))
+            ang = np.sort(rng.uniform(0, 2 * np.pi, n)) if t % 2 else rng.uniform(0, 2 * np.pi, n)
+            r = rng.uniform(5, 200, n)
+            p = rng.uniform(50, 650, 2) + np.c_[np.cos(ang) * r, np.sin(ang) * r]
+            pos.append(np.round(p) if t % 3 == 0 else np.round(p / 8) * 8 if t % 3 == 1 else p)
+        neg = [pos[0].mean(0) + (pos[0] - pos[0].mean(0)) * 0.4]
+        ref = asap_level0_reference(pos, neg, W, H)
+        gt = PolygonGroundTruth(pos, neg, dimensions=(W, H))
+        for level in (0, 2, 5):
+            assert np.array_equal(gt.level_mask(level), asap_stored_level(ref, level)), (t, level)
+    # a thin, nearly horizontal edge: ASAP's truncated cross product ignores a crossing for
+    # points less than 1 / |dy| pixels to its right (here 1 / 0.25 = 4 px)
+    sliver = np.array([[10.0, 10.0], [40.0, 10.0], [40.0, 30.0], [20.0, 30.0], [19.0, 29.75], [10.0, 29.75]])
+    ref = asap_level0_reference([sliver], [], 50, 40)
+    assert np.array_equal(PolygonGroundTruth([sliver], [], dimensions=(50, 40)).level_mask(0), ref > 0)
+
+
 # --- real CAMELYON16 annotations ---------------------------------------------------------
 
 def test_real_camelyon16_annotations(shared_data):

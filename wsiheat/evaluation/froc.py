@@ -143,7 +143,7 @@ class SlideMatch:
 
     name: str
     fp_probs: np.ndarray  # probabilities of false-positive detections
-    tp_probs: np.ndarray  # one per label 1..max_label (ITC and missed lesions: 0)
+    tp_probs: np.ndarray  # float32, one per label 1..max_label (ITC and missed lesions: 0)
     num_tumors: int  # max_label - number of ITC labels
     itc: list[int] = field(default_factory=list)
     hit_labels: np.ndarray | None = None  # label under each detection (0 = FP; None on normal slides)
@@ -181,7 +181,7 @@ def match_detections(probs: np.ndarray, xs: np.ndarray, ys: np.ndarray, labels: 
     ys = np.asarray(ys, np.int64).reshape(-1)
     itc = sorted(int(i) for i in itc)
     if labels is None:
-        return SlideMatch(name, probs.copy(), np.zeros(0, np.float64), 0, [], None)
+        return SlideMatch(name, probs.copy(), np.zeros(0, np.float32), 0, [], None)
     labels = np.asarray(labels)
     max_label = int(labels.max()) if labels.size else 0
     d = 2 ** level
@@ -197,14 +197,21 @@ def match_detections(probs: np.ndarray, xs: np.ndarray, ys: np.ndarray, labels: 
     hit = np.zeros(probs.size, np.int64)
     hit[in_crop] = labels[r[in_crop], c[in_crop]]
     fp = probs[hit == 0]
-    tp = np.zeros(max_label, np.float64)
+    # lesion scores are float32, as in the official code (TP_probs = np.zeros(..., float32))
+    tp = np.zeros(max_label, np.float32)
     on_lesion = (hit > 0) & ~np.isin(hit, itc)
-    np.maximum.at(tp, hit[on_lesion] - 1, probs[on_lesion])
+    np.maximum.at(tp, hit[on_lesion] - 1, probs[on_lesion].astype(np.float32))
     return SlideMatch(name, fp, tp, max_label - len(itc), itc, hit)
 
 
 def froc_curve(matches: Sequence[SlideMatch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """computeFROC: pooled FPs per slide and sensitivity at every threshold.
+
+    Lesion (TP) scores are float32 and FP scores float64, as in the official
+    code: a lesion counts at threshold ``t`` when ``tp >= float32(t)`` (NumPy
+    compares its float32 array with a Python-float threshold in float32), a
+    false positive when ``fp >= t``. So a lesion and a false positive that tie
+    in a CSV (``0.300000``) are two thresholds, ``float32(0.3)`` and ``0.3``.
 
     Returns
     -------
@@ -219,12 +226,12 @@ def froc_curve(matches: Sequence[SlideMatch]) -> tuple[np.ndarray, np.ndarray, n
     if total == 0:
         raise WsiheatError("FROC: the ground truth holds no lesion (apart from isolated tumor cells); "
                            "sensitivity is undefined")
-    fps = np.sort(np.concatenate([m.fp_probs for m in matches]))
-    tps = np.sort(np.concatenate([m.tp_probs for m in matches]))
-    all_probs = np.unique(np.concatenate([fps, tps]))
+    fps = np.sort(np.concatenate([m.fp_probs for m in matches]).astype(np.float64))
+    tps = np.sort(np.concatenate([m.tp_probs for m in matches]).astype(np.float32))
+    all_probs = np.unique(np.concatenate([fps, tps.astype(np.float64)]))
     thresholds = all_probs[1:]
     n_fp = fps.size - np.searchsorted(fps, thresholds, side="left")  # count >= t
-    n_tp = tps.size - np.searchsorted(tps, thresholds, side="left")
+    n_tp = tps.size - np.searchsorted(tps, thresholds.astype(np.float32), side="left")
     fp_rate = np.append(n_fp, 0) / float(len(matches))
     sens = np.append(n_tp, 0) / float(total)
     return fp_rate, sens, np.append(thresholds, np.inf)
@@ -362,7 +369,7 @@ def froc_tumor_mask(gt: Any, slide_dimensions: tuple[int, int], level: int = EVA
     Parameters
     ----------
     gt : GroundTruth
-        From :func:`wsiheat.wsi.annotations.groundtruth.load_ground_truth`.
+        From :func:`wsiheat.annotations.load_ground_truth`.
     slide_dimensions : (int, int)
         Level-0 width and height of the slide.
     level : int
@@ -384,4 +391,4 @@ def froc_tumor_mask(gt: Any, slide_dimensions: tuple[int, int], level: int = EVA
     if ew > math.ceil(W / d) * d or eh > math.ceil(H / d) * d:
         raise WsiheatError(f"{where}: ground truth covers {ew}x{eh} level-0 pixels, larger than the "
                            f"slide's {W}x{H}")
-    return gt.tumor_mask(0, 0, math.ceil(W / d), math.ceil(H / d), d)
+    return gt.level_mask(level, (W, H))

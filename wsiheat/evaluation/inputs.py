@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from wsiheat.errors import WsiheatError
+from wsiheat.wsi.slide import slide_name
 
 GROUND_TRUTH_SUFFIXES = (".tif", ".tiff", ".png", ".xml", ".json", ".geojson")
 
@@ -60,7 +61,7 @@ def read_reference_csv(path: str | os.PathLike) -> dict[str, int]:
             if lineno == rows[0][0]:  # header
                 continue
             raise WsiheatError(f"{path}:{lineno}: label {row[1]!r} is not 0/1 or tumor/normal")
-        name = _slide_stem(name)
+        name = slide_name(name)
         if name in labels:
             raise WsiheatError(f"{path}:{lineno}: slide {name!r} listed twice")
         labels[name] = _TUMOR_WORDS[lab]
@@ -106,7 +107,7 @@ def read_slide_scores(results: str | os.PathLike, score: str = "score") -> dict[
             if lineno == rows[0][0]:
                 continue
             raise WsiheatError(f"{results}:{lineno}: score {row[1]!r} is not a number") from None
-        name = _slide_stem(row[0].strip())
+        name = slide_name(row[0].strip())
         if name in scores:
             raise WsiheatError(f"{results}:{lineno}: slide {name!r} listed twice")
         scores[name] = _check_prob(val, f"{results}:{lineno}: score")
@@ -224,7 +225,7 @@ def _read_result_jsons(folder: Path) -> dict[str, dict[str, Any]]:
             continue
         data = dict(data)
         data["_path"] = p
-        name = _slide_stem(str(data["slide"]))
+        name = slide_name(str(data["slide"]))
         if name in out:
             raise WsiheatError(f"{p}: second result for slide {name!r} (also {out[name]['_path']})")
         data["slide"] = name
@@ -248,14 +249,6 @@ def _check_inside(name: str, xs: np.ndarray, ys: np.ndarray, shape: tuple[int, .
         i = int(np.argmax((xs // d >= shape[1]) | (ys // d >= shape[0])))
         raise WsiheatError(f"{name}: detection at ({xs[i]}, {ys[i]}) lies outside the slide "
                            f"({shape[1] * d}x{shape[0] * d} level-0 pixels)")
-
-
-def _slide_stem(name: str) -> str:
-    base = os.path.basename(name)
-    for ext in (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"):
-        if base.lower().endswith(ext):
-            return base[: -len(ext)]
-    return base
 
 
 def _strip(name: str, *suffixes: str) -> str:

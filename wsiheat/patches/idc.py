@@ -1,30 +1,59 @@
-"""patches.idc (split from wsiheat.patches.importing, wsiheat.patches.mosaic)."""
+"""The IDC patch data set: its file names, its folder layout and patient-level splits.
+
+The Kaggle "Breast Histopathology Images" (IDC) set stores 50x50 patches as
+``PATIENT/CLASS/PATIENT_idx5_xX_yY_classC.png`` (class 1 = invasive ductal
+carcinoma). Everything that reads that layout goes through this module:
+:func:`parse_idc_name` (the one file-name parser), :func:`scan_patch_tree`
+(``wsiheat import``), :func:`list_patients` / :func:`list_patches` /
+:func:`split_patients` (``wsiheat mosaic`` and ``import --split``).
+"""
 
 from __future__ import annotations
 
-
-
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from wsiheat.errors import WsiheatError
 
-
-import math
-from typing import Sequence
-
-
-
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 CLASS_NAMES = {"0": 0, "1": 1, "normal": 0, "negative": 0, "tumor": 1, "tumour": 1, "positive": 1}
-IDC_NAME = re.compile(r"^(?P<patient>.+?)_idx\d+_x(?P<x>-?\d+)_y(?P<y>-?\d+)_class(?P<c>\d+)$")
-CLASS_IN_NAME = re.compile(r"_class(?P<c>\d+)$")
-IDC_SIDE = 50
+#: Nominal side of an IDC patch in pixels.
+PATCH_PX = 50
 #: Approximate µm/px of the IDC patches (40x scans at about 0.25 µm/px, downsampled 16x to ~2.5x).
-IDC_MPP = 4.0
+SOURCE_MPP = 4.0
+
+_IDC_NAME = re.compile(r"^(?P<patient>.+?)_idx\d+_x(?P<x>-?\d+)_y(?P<y>-?\d+)_class(?P<c>\d+)$")
+_CLASS_IN_NAME = re.compile(r"_class(?P<c>\d+)$")
+
+
+@dataclass(frozen=True)
+class IdcName:
+    """What an IDC file name says: patient, position of the patch in its slide, class."""
+
+    patient: str
+    x: int
+    y: int
+    label: int
+
+
+def parse_idc_name(stem: str) -> IdcName | None:
+    """Parse an IDC file name without its suffix (``PATIENT_idx5_xX_yY_classC``); None when it is not one."""
+    m = _IDC_NAME.match(stem)
+    if m is None:
+        return None
+    return IdcName(m["patient"], int(m["x"]), int(m["y"]), int(m["c"]))
+
+
+def class_in_name(stem: str) -> int | None:
+    """The ``_classC`` label at the end of a file name, or None."""
+    c = _CLASS_IN_NAME.search(stem)
+    return None if c is None else int(c["c"])
 
 
 def _is_image(p: Path) -> bool:
@@ -68,13 +97,13 @@ def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
         for f in sorted(cdir.iterdir()):
             if not _is_image(f):
                 continue
-            m = IDC_NAME.match(f.stem)
-            c = CLASS_IN_NAME.search(f.stem)
-            if c is not None and int(c.group("c")) != label:
+            m = parse_idc_name(f.stem)
+            c = class_in_name(f.stem)
+            if c is not None and c != label:
                 mislabeled.append(f)
                 continue
-            slide = patient or (m.group("patient") if m else f.stem)
-            x, y = (int(m.group("x")), int(m.group("y"))) if m else (-1, -1)
+            slide = patient or (m.patient if m else f.stem)
+            x, y = (m.x, m.y) if m else (-1, -1)
             items.append({"path": f, "label": label, "slide": slide, "x": x, "y": y})
     if mislabeled:
         shown = ", ".join(str(p) for p in mislabeled[:10])
@@ -86,13 +115,6 @@ def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
                            "CLASS/*.png with CLASS 0/1)")
     items.sort(key=lambda it: (it["slide"], it["label"], str(it["path"])))
     return layout, items
-
-#: Nominal side of an IDC patch in pixels.
-PATCH_PX = 50
-#: µm per pixel of the IDC patches (40x scans at ~0.25 µm/px downsampled 16x, "2.5x").
-SOURCE_MPP = 4.0
-
-_PATCH_RE = re.compile(r"^(?P<pid>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<cls>[01])\.png$")
 
 
 # ------------------------------------------------------------------------------------
@@ -160,8 +182,8 @@ def list_patches(idc_dir: str | os.PathLike, patients: Sequence[str]) -> dict[in
             if not cdir.is_dir():
                 continue
             for f in sorted(cdir.iterdir()):
-                m = _PATCH_RE.match(f.name)
-                if m and int(m["cls"]) == cls:
+                m = parse_idc_name(f.stem) if f.suffix == ".png" else None
+                if m and m.label == cls:
                     out[cls].append(f"{pid}/{cls}/{f.name}")
     return out
 

@@ -30,7 +30,7 @@ from wsiheat import __version__
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path
 from wsiheat.patches.store import ShardWriter
-from wsiheat.patches.idc import IDC_MPP, IDC_SIDE, scan_patch_tree
+from wsiheat.patches.idc import PATCH_PX, SOURCE_MPP, scan_patch_tree
 from wsiheat import defaults
 
 
@@ -70,7 +70,7 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
         Import only these slides (IDC: patients), e.g. one split of
         :func:`wsiheat.patches.idc.split_patients`.
     source_mpp : float, optional
-        µm/px of the patches as stored (default :data:`IDC_MPP` for the IDC
+        µm/px of the patches as stored (default :data:`wsiheat.patches.idc.SOURCE_MPP` for the IDC
         layout, unknown for the plain one). Recorded per slide, so a model
         trained on the file knows the physical resolution of its tower and
         ``heatmap`` reads other slides at the same scale.
@@ -94,10 +94,10 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
                                f"{' ...' if len(unknown) > 5 else ''}")
         items = [it for it in items if it["slide"] in wanted]
     if source_mpp is None and layout == "idc":
-        source_mpp = IDC_MPP
+        source_mpp = SOURCE_MPP
     if source_mpp is not None and not source_mpp > 0:
         raise WsiheatError(f"source_mpp={source_mpp}: need a positive µm/px")
-    side = IDC_SIDE if layout == "idc" else None
+    side = PATCH_PX if layout == "idc" else None
     images = np.empty((len(items), 1, window, window, 3), np.uint8)
     sides = np.empty(len(items), np.int32)
 

@@ -34,11 +34,41 @@ import numpy as np
 from wsiheat.errors import GroundTruthError, WsiheatError
 from wsiheat.wsi.slide import Slide
 from wsiheat.wsi.annotations.asap import read_asap_xml
-from wsiheat.wsi.annotations.raster import rasterize_polygons
+from wsiheat.wsi.annotations.raster import asap_level_mask, rasterize_polygons
 from wsiheat.wsi.annotations.jsonfmt import _is_empty_camelyon_json, read_json_annotations
 
 #: Relative tolerance on the aspect ratio when matching a mask to a slide.
 PROPORTION_TOLERANCE = 0.01
+
+
+def nominal_downsample(full: tuple[int, int], size: tuple[int, int]) -> float:
+    """The downsample that made an image of ``size`` from one of ``full`` (both (width, height)).
+
+    A pyramid level, or a mask written at a level of its slide, has each side
+    ``full / n`` rounded down or up for an integer ``n`` (usually a power of
+    two); its pixel ``(i, j)`` then covers full-size ``[j*n, (j+1)*n) x
+    [i*n, (i+1)*n)``, and ``n`` is returned. OpenSlide's own
+    ``level_downsamples`` (the mean of ``full / size`` over both axes, e.g.
+    31.9875 for level 5 of a 1279 x 1280 image) is not ``n`` when a side is
+    not a multiple of ``n``. When no integer fits, the mean ratio is returned.
+
+    Parameters
+    ----------
+    full, size : (int, int)
+        Width and height of the full image and of the smaller one.
+
+    Returns
+    -------
+    float
+    """
+    W, H = (int(v) for v in full)
+    w, h = (int(v) for v in size)
+    s = (W / w + H / h) / 2
+    if s >= 1:
+        for n in (2 ** round(math.log2(s)), round(s)):
+            if w in (W // n, -(-W // n)) and h in (H // n, -(-H // n)):
+                return float(n)
+    return s
 
 
 class GroundTruth:
@@ -74,6 +104,29 @@ class GroundTruth:
         ndarray of bool, shape (height, width)
         """
         raise NotImplementedError
+
+    def level_mask(self, level: int, dimensions: tuple[int, int] | None = None) -> np.ndarray:
+        """The whole slide's mask at pyramid level ``level``, as a stored mask pyramid reads.
+
+        What CAMELYON16's ``Evaluation_FROC.py`` sees when it reads level
+        ``level`` of a mask TIFF with OpenSlide: level pixel ``(i, j)`` is
+        level-0 ``[j*2**level, (j+1)*2**level) x [i*2**level, ...)``.
+
+        Parameters
+        ----------
+        level : int
+            Pyramid level (downsample ``2**level``).
+        dimensions : (int, int), optional
+            Level-0 (width, height); default :attr:`extent`.
+
+        Returns
+        -------
+        ndarray of bool, shape (ceil(H / 2**level), ceil(W / 2**level))
+            Beyond a stored level's last row/column: background.
+        """
+        W, H = dimensions or self.extent
+        d = 2 ** int(level)
+        return self.tumor_mask(0, 0, math.ceil(W / d), math.ceil(H / d), d)
 
     def full_mask(self, downsample: float, dimensions: tuple[int, int] | None = None) -> np.ndarray:
         """The whole slide's mask at a (coarse) downsample: ``ceil(H/d) x ceil(W/d)``."""
@@ -117,6 +170,15 @@ class PolygonGroundTruth(GroundTruth):
     def tumor_mask(self, x0: float, y0: float, width: int, height: int, downsample: float) -> np.ndarray:
         return rasterize_polygons(self.positive, self.negative, x0, y0, width, height, downsample)
 
+    def level_mask(self, level: int, dimensions: tuple[int, int] | None = None) -> np.ndarray:
+        """Level ``level`` of the mask TIFF ASAP would write from these polygons (:func:`asap_level_mask`).
+
+        Unlike :meth:`tumor_mask` (pixel centres, and polygons smaller than a
+        pixel kept), this is the CAMELYON16 masks' convention: evaluation
+        masks made from XML/JSON then equal those the challenge's TIFFs give.
+        """
+        return asap_level_mask(self.positive, self.negative, level, dimensions or self.extent)
+
     def __repr__(self) -> str:
         return f"PolygonGroundTruth({str(self.path)!r}, {len(self.positive)} tumor, {len(self.negative)} holes)"
 
@@ -141,7 +203,9 @@ class MaskGroundTruth(GroundTruth):
             slide_dimensions = (mw, mh)
         W, H = slide_dimensions
         sx, sy = W / mw, H / mh
-        s = (sx + sy) / 2
+        # a mask at a level of the slide is read at that level's own downsample (32 for a
+        # level-5 mask of a 1279-pixel-wide slide, not the mean ratio 31.99)
+        s = nominal_downsample((W, H), (mw, mh))
         # a pyramid level may round each side by a pixel
         if abs(W / s - mw) > 1 + PROPORTION_TOLERANCE * mw or abs(H / s - mh) > 1 + PROPORTION_TOLERANCE * mh:
             raise GroundTruthError(
@@ -149,6 +213,9 @@ class MaskGroundTruth(GroundTruth):
                 f"(scale {sx:.4g} in x, {sy:.4g} in y)")
         self.scale = s  # level-0 slide pixels per mask level-0 pixel
         self.dimensions = (int(W), int(H))
+        # each mask level's own downsample (OpenSlide's level_downsamples are off when
+        # a side is not a multiple of 2**level)
+        self.level_downsamples = tuple(nominal_downsample((mw, mh), d) for d in self._mask.level_dimensions)
         self._has_tumor: bool | None = None
 
     @property
@@ -165,7 +232,7 @@ class MaskGroundTruth(GroundTruth):
                 if w * h <= 1 << 22:
                     level = i
                     break
-            ds = self._mask.level_downsamples[level] * self.scale
+            ds = self.level_downsamples[level] * self.scale
             self._has_tumor = bool(self.full_mask(ds).any())
         return self._has_tumor
 
@@ -173,15 +240,22 @@ class MaskGroundTruth(GroundTruth):
         if width <= 0 or height <= 0:
             return np.zeros((max(height, 0), max(width, 0)), bool)
         mds = downsample / self.scale  # target downsample in mask pixels
-        level = self._mask.level_for(max(mds, self._mask.level_downsamples[0]))
-        lds = self._mask.level_downsamples[level]
-        f = mds / lds  # source pixels per output pixel
+        # the coarsest level at or finer than the target, by the levels' own downsamples
+        level = max(i for i, d in enumerate(self.level_downsamples) if i == 0 or d <= mds * (1 + 1e-9))
+        lds = self.level_downsamples[level]
+        f = mds / lds  # source pixels per output pixel (exactly 1 when the target is a stored level)
         mx0, my0 = x0 / self.scale, y0 / self.scale
         sx0, sy0 = int(math.floor(mx0 / lds)), int(math.floor(my0 / lds))
         sx1 = int(math.ceil((mx0 / lds) + width * f))
         sy1 = int(math.ceil((my0 / lds) + height * f))
-        src = self._mask.read_region((int(round(sx0 * lds)), int(round(sy0 * lds))), level,
-                                     (max(1, sx1 - sx0), max(1, sy1 - sy0)), background=0)
+        if sx0 >= 0 and sy0 >= 0 and (sx0 or sy0) and self._mask.level_downsamples[level] != lds:
+            # OpenSlide maps a level-0 location through its own (inexact) downsample and
+            # interpolates a fractional offset: read such a level from its origin instead
+            src = self._mask.read_region((0, 0), level, (max(1, sx1), max(1, sy1)), background=0)
+            src = src[max(sy0, 0):, max(sx0, 0):]
+        else:
+            src = self._mask.read_region((int(round(sx0 * lds)), int(round(sy0 * lds))), level,
+                                         (max(1, sx1 - sx0), max(1, sy1 - sy0)), background=0)
         src = (src[..., 0] | src[..., 1] | src[..., 2]) > 0  # nonzero in any channel
         # map output pixel centres into the source block
         jj = (mx0 / lds - sx0) + (np.arange(width) + 0.5) * f
