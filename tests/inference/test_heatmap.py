@@ -441,12 +441,13 @@ def test_library_errors(data, tmp_path):
 
 
 def test_cli_defaults_match_the_library():
-    """The CLI repeats a few library defaults (to keep start-up light); they must not drift apart."""
+    """The CLI and the library read the same defaults (wsiheat.defaults); they must not drift apart."""
     from wsiheat.cli.main import cli
+    from wsiheat.inference.heatmap import compute_heatmap
 
     opts = {p.name: p.default for p in cli.commands["heatmap"].params}
     assert opts["smooth"] == SMOOTH_SIGMA
-    sig = __import__("inspect").signature(heatmap_slide).parameters
+    sig = __import__("inspect").signature(compute_heatmap).parameters
     for name in ("batch_size", "readers", "block", "tissue_threshold", "lesion_threshold", "area_threshold",
                  "topk", "smooth"):
         assert opts[name] == sig[name].default, name
