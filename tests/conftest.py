@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -120,3 +121,31 @@ def run_tf_workers(argvs: list[list[str]], hosts: list[str], timeout: float, cwd
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     return outs
+
+
+def write_patches(path, images, labels, slide_ids, slides, *, fmt="wsiheat-patches", version=1,
+                  downsamples=None, chunk=8):
+    """An HDF5 patches file following the contract exactly."""
+    n, t = images.shape[:2]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=images,
+                         chunks=(max(1, min(chunk, n)),) + images.shape[1:] if n else None)
+        f.create_dataset("labels", data=np.asarray(labels, np.uint8))
+        f.create_dataset("centers", data=np.zeros((n, 2), np.int64))
+        f.create_dataset("slide_ids", data=np.asarray(slide_ids, np.int32))
+        st = h5py.string_dtype()
+        f.create_dataset("slides", data=np.array(slides, dtype=object), dtype=st)
+        f.create_dataset("slide_info", data=np.array([json.dumps({"name": s}) for s in slides],
+                                                     dtype=object), dtype=st)
+        if fmt is not None:
+            f.attrs["format"] = fmt
+        f.attrs["schema_version"] = version
+        f.attrs["window"] = images.shape[2]
+        f.attrs["center"] = 10
+        f.attrs["stride"] = 10
+        f.attrs["levels"] = np.array([0, 2][:t] + [-1] * max(0, t - 2), np.int64)
+        f.attrs["downsamples"] = np.array(downsamples or [1.0, 4.0][:t] + [16.0] * max(0, t - 2))
+        f.attrs["tissue_threshold"] = 0.5
+        f.attrs["wsiheat_version"] = "test"
+        f.attrs["params"] = json.dumps({"test": True})
+    return path

@@ -37,8 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wsiheat.inference.heatmap import heatmap_slide
-from wsiheat.inference.predict import make_predict_fn, spec_from_metadata, tissue_cells
+from wsiheat.inference.heatmap import heatmap_slide  # noqa: E402
+from wsiheat.inference.predict import make_predict_fn, spec_from_metadata, tissue_cells  # noqa: E402
 from wsiheat.patches.sampling import read_windows, window_origin  # noqa: E402
 from wsiheat.wsi.slide import Slide  # noqa: E402
 

@@ -67,8 +67,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from wsiheat.training.dataset import AugmentConfig, make_dataset, open_patch_file
     from wsiheat.models.model import build_model
+    from wsiheat.training.dataset import AugmentConfig, make_dataset, open_patch_file
     from wsiheat.training.train import _compile
 
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
@@ -77,7 +77,8 @@ def main() -> None:
         rows = np.arange(pf.n)
         print(f"file: {pf.n} rows x {pf.towers} towers x {pf.window} px "
               f"({path.stat().st_size / 2**20:.0f} MiB), chunk {pf.chunk_rows} rows; "
-              f"batch {a.batch_size}, {a.steps} steps per run, {tf.config.threading.get_inter_op_parallelism_threads() or 'auto'} inter-op threads")
+              f"batch {a.batch_size}, {a.steps} steps per run, "
+              f"{tf.config.threading.get_inter_op_parallelism_threads() or 'auto'} inter-op threads")
         hdf5 = make_dataset(pf, rows, a.batch_size, training=True, augment=AugmentConfig(),
                             memory_budget=0)
         # pipeline alone

@@ -63,7 +63,8 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, *, val: str | o
     dict
         The training summary (history, best epoch, validation AUC, ...).
     """
-    from wsiheat.training.train import TrainConfig, train as _train
+    from wsiheat.training.train import TrainConfig
+    from wsiheat.training.train import train as _train
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(config) - known)

@@ -91,11 +91,11 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     dict
         Summary with the output paths and the headline metrics.
     """
-    from wsiheat.patches.extract import extract_to_file
-    from wsiheat.models.model import load_model
-    from wsiheat.training.train import TrainConfig, train
-    from wsiheat.inference.heatmap import HeatmapWarning, heatmap_slide
     from wsiheat.evaluation.reports import evaluate_froc, evaluate_patches, evaluate_slides
+    from wsiheat.inference.heatmap import HeatmapWarning, heatmap_slide
+    from wsiheat.models.model import load_model
+    from wsiheat.patches.extract import extract_to_file
+    from wsiheat.training.train import TrainConfig, train
 
     data_dir, out = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():

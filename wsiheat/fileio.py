@@ -7,8 +7,6 @@ existed before stays exactly as it was.
 
 from __future__ import annotations
 
-
-
 import contextlib
 import os
 import tempfile

@@ -8,20 +8,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import shared_path, write_patches
 from PIL import Image
 from scipy import ndimage as nd
 from skimage import draw, measure
 
-from wsiheat.evaluation.froc import SlideMatch, bootstrap_froc_ci, evaluation_mask, froc_curve, froc_from_arrays, froc_score, itc_labels, match_detections
+from wsiheat.cli.main import main
+from wsiheat.errors import WsiheatError
+from wsiheat.evaluation.froc import (
+    SlideMatch,
+    bootstrap_froc_ci,
+    evaluation_mask,
+    froc_curve,
+    froc_from_arrays,
+    froc_score,
+    itc_labels,
+    match_detections,
+)
 from wsiheat.evaluation.inputs import read_detections, read_patch_rows
-from wsiheat.evaluation.metrics import binary_metrics, bootstrap_auc_ci, bootstrap_patch_ci, roc_auc, roc_curve, youden_threshold
+from wsiheat.evaluation.metrics import (
+    binary_metrics,
+    bootstrap_auc_ci,
+    bootstrap_patch_ci,
+    roc_auc,
+    roc_curve,
+    youden_threshold,
+)
 from wsiheat.evaluation.reports import error_examples, evaluate_froc, patch_report
 from wsiheat.evaluation.tuning import fit_scorer, tumor_cells, tune_postprocessing
 from wsiheat.inference.predict import predict_patches
 from wsiheat.postprocess.lesions import postprocess_scores
-from wsiheat.cli.main import main
-from wsiheat.errors import WsiheatError
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 D = 32  # level-5 downsample
@@ -931,7 +947,6 @@ def tiny_model(T=2, W=8):
 
 
 def test_cli_patches(tmp_path, capsys):
-    import h5py
 
     from wsiheat.models.model import save_model
 
@@ -945,12 +960,7 @@ def test_cli_patches(tmp_path, capsys):
     slide_ids = (np.arange(N) >= 50).astype(np.int32)
     labels[50:] = 0  # slide 1 is normal
     h5p = tmp_path / "p.h5"
-    with h5py.File(h5p, "w") as h5:
-        h5.create_dataset("images", data=images, chunks=(16, T, W, W, 3))
-        h5.create_dataset("labels", data=labels)
-        h5.create_dataset("slide_ids", data=slide_ids)
-        h5.create_dataset("slides", data=np.array(["alpha", "beta"], dtype=h5py.string_dtype()))
-        h5.create_dataset("centers", data=rng.integers(0, 1000, (N, 2)))
+    write_patches(h5p, images, labels, slide_ids, ["alpha", "beta"], chunk=16)
     model = tiny_model(T, W)
     mp = tmp_path / "m.keras"
     save_model(model, mp, {"window": W, "center": 4, "stride": 4, "downsamples": [4, 8], "towers": T})
@@ -988,9 +998,7 @@ def test_cli_patches(tmp_path, capsys):
     assert rep["files"]["errors"] == "patch_errors.png" and Image.open(out / "patch_errors.png").size[0] > 400
     # a patches file that does not fit the model
     bad = tmp_path / "bad.h5"
-    with h5py.File(bad, "w") as h5:
-        h5.create_dataset("images", data=np.zeros((4, T, 10, 10, 3), np.uint8))
-        h5.create_dataset("labels", data=np.zeros(4, np.uint8))
+    write_patches(bad, np.zeros((4, T, 10, 10, 3), np.uint8), np.zeros(4, np.uint8), np.zeros(4, np.int32), ["s"])
     one_line_error(*run_cli(["evaluate", "patches", "-m", str(mp), "-p", str(bad), "-o", str(out)], capsys)[::2],
                    "bad.h5", "do not fit")
     noth5 = tmp_path / "x.h5"
@@ -1011,18 +1019,15 @@ def test_error_examples_by_hand():
 
 
 def test_read_patch_rows_any_order(tmp_path):
-    import h5py
 
     images = np.random.default_rng(0).integers(0, 256, (10, 2, 4, 4, 3), dtype=np.uint8)
-    with h5py.File(tmp_path / "p.h5", "w") as h5:
-        h5.create_dataset("images", data=images, chunks=(3, 2, 4, 4, 3))
+    write_patches(tmp_path / "p.h5", images, np.zeros(10, np.uint8), np.zeros(10, np.int32), ["s"], chunk=3)
     rows = [7, 2, 7, 0]
     np.testing.assert_array_equal(read_patch_rows(tmp_path / "p.h5", rows), images[rows])
 
 
 def test_predict_patches_tta_averages_the_eight_views(tmp_path):
     """--tta: the mean over the 8 rotations/flips, each applied to all towers alike."""
-    import h5py
     import keras
 
     from wsiheat.inference.predict import dihedral
@@ -1031,9 +1036,7 @@ def test_predict_patches_tta_averages_the_eight_views(tmp_path):
     N, T, W = 20, 2, 8
     images = rng.integers(0, 256, (N, T, W, W, 3), dtype=np.uint8)
     h5p = tmp_path / "p.h5"
-    with h5py.File(h5p, "w") as h5:
-        h5.create_dataset("images", data=images)
-        h5.create_dataset("labels", data=(np.arange(N) % 2).astype(np.uint8))
+    write_patches(h5p, images, (np.arange(N) % 2).astype(np.uint8), np.zeros(N, np.int32), ["s"])
     # position-dependent model (a dense layer over all pixels): not rotation invariant
     inp = keras.Input(shape=(T, W, W, 3), dtype="uint8")
     x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(keras.ops.cast(inp, "float32")))
@@ -1058,6 +1061,7 @@ def write_tune_case(tmp_path):
     N: normal tissue at 0.05 with one isolated cell at 0.95 (a lone false positive).
     """
     from conftest import write_mask_tiff
+
     from wsiheat.inference.outputs import HEATMAP_FORMAT, write_raw
 
     res, gt = tmp_path / "hm", tmp_path / "gt"

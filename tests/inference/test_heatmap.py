@@ -15,13 +15,20 @@ import pytest
 import tifffile
 from PIL import Image
 
-from wsiheat.inference.heatmap import heatmap_slide
-from wsiheat.inference.outputs import OUTPUT_SUFFIXES, colorize, lesion_views, outputs_exist, read_heatmap, write_pyramid_tiff
-from wsiheat.inference.predict import dihedral, make_predict_fn, spec_from_metadata, tiles_of_cells
-from wsiheat.postprocess.lesions import SMOOTH_SIGMA, lesions_from_heatmap, slide_scores, smooth_heatmap
 from wsiheat.cli.main import main
 from wsiheat.errors import WsiheatError
+from wsiheat.inference.heatmap import heatmap_slide
+from wsiheat.inference.outputs import (
+    OUTPUT_SUFFIXES,
+    colorize,
+    lesion_views,
+    outputs_exist,
+    read_heatmap,
+    write_pyramid_tiff,
+)
+from wsiheat.inference.predict import dihedral, make_predict_fn, spec_from_metadata, tiles_of_cells
 from wsiheat.patches.sampling import WindowSpec, read_windows
+from wsiheat.postprocess.lesions import SMOOTH_SIGMA, lesions_from_heatmap, slide_scores, smooth_heatmap
 from wsiheat.wsi.slide import Slide
 
 SIZE = 4096

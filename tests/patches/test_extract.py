@@ -16,15 +16,15 @@ import h5py
 import numpy as np
 import openslide
 import pytest
-from conftest import shared_path
 import tifffile
+from conftest import shared_path
 
-from wsiheat.wsi.annotations.groundtruth import load_ground_truth
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.extract import extract_to_file
 from wsiheat.patches.sampling import Grid, WindowSpec, plan_windows, tumor_labels, window_origin
-from wsiheat.wsi.slide import Slide
 from wsiheat.patches.store import ShardWriter, merge_into, open_patches
+from wsiheat.wsi.annotations.groundtruth import load_ground_truth
+from wsiheat.wsi.slide import Slide
 
 REPO = Path(__file__).resolve().parents[2]
 

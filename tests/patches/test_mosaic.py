@@ -20,8 +20,8 @@ from skimage.draw import polygon as draw_polygon
 
 from wsiheat.cli.main import main as cli_main
 from wsiheat.errors import WsiheatError
-from wsiheat.patches.mosaic import build_mosaic, build_mosaic_set, read_layout, region_outlines
 from wsiheat.patches.idc import list_patches, list_patients, split_patients
+from wsiheat.patches.mosaic import build_mosaic, build_mosaic_set, read_layout, region_outlines
 from wsiheat.wsi.pyramid import level_sizes
 from wsiheat.wsi.slide import Slide
 
@@ -181,7 +181,7 @@ def test_placed_patch_pixels_equal_source_png(built, idc):
     assert c == 50
     rgb = _read_level(info.slide, 0)
     checked = 0
-    for row, col, k, cls in layout["cells"]:
+    for row, col, k, _cls in layout["cells"]:
         src = np.asarray(Image.open(idc / layout["patches"][k]).convert("RGB"))
         if src.shape != (50, 50, 3):
             continue

@@ -7,9 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from wsiheat.postprocess.scorer import FEATURES, LesionScorer, fit_lesion_scorer, load_scorer, neighbourhood_features, save_scorer
 from wsiheat.errors import WsiheatError
 from wsiheat.postprocess.lesions import lesion_map, smooth_heatmap
+from wsiheat.postprocess.scorer import (
+    FEATURES,
+    LesionScorer,
+    fit_lesion_scorer,
+    load_scorer,
+    neighbourhood_features,
+    save_scorer,
+)
 
 
 def test_features_by_hand():

@@ -18,13 +18,13 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+from conftest import loopback_hosts, run_tf_workers
 
-from wsiheat.scale.tasks import SlideTask, read_manifest, status_table, tasks_from_paths
+from wsiheat.errors import WsiheatError
 from wsiheat.scale.batch import extract_many
 from wsiheat.scale.runner import run_slides
+from wsiheat.scale.tasks import SlideTask, read_manifest, status_table, tasks_from_paths
 from wsiheat.training.distribute import tf_config_workers
-from conftest import loopback_hosts, run_tf_workers
-from wsiheat.errors import WsiheatError
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = dict(levels=(0, 1), window=64, center=32, stride=48, tissue_threshold=0.5, max_normal=60)

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import shared_path, write_patches
 
 from wsiheat.errors import WsiheatError
 
@@ -22,34 +22,6 @@ SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 # --------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------
-
-def write_patches(path, images, labels, slide_ids, slides, *, fmt="wsiheat-patches", version=1,
-                  downsamples=None, chunk=8):
-    """An HDF5 patches file following the contract exactly."""
-    n, t = images.shape[:2]
-    with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=images,
-                         chunks=(max(1, min(chunk, n)),) + images.shape[1:] if n else None)
-        f.create_dataset("labels", data=np.asarray(labels, np.uint8))
-        f.create_dataset("centers", data=np.zeros((n, 2), np.int64))
-        f.create_dataset("slide_ids", data=np.asarray(slide_ids, np.int32))
-        st = h5py.string_dtype()
-        f.create_dataset("slides", data=np.array(slides, dtype=object), dtype=st)
-        f.create_dataset("slide_info", data=np.array([json.dumps({"name": s}) for s in slides],
-                                                     dtype=object), dtype=st)
-        if fmt is not None:
-            f.attrs["format"] = fmt
-        f.attrs["schema_version"] = version
-        f.attrs["window"] = images.shape[2]
-        f.attrs["center"] = 10
-        f.attrs["stride"] = 10
-        f.attrs["levels"] = np.array([0, 2][:t] + [-1] * max(0, t - 2), np.int64)
-        f.attrs["downsamples"] = np.array(downsamples or [1.0, 4.0][:t] + [16.0] * max(0, t - 2))
-        f.attrs["tissue_threshold"] = 0.5
-        f.attrs["wsiheat_version"] = "test"
-        f.attrs["params"] = json.dumps({"test": True})
-    return path
-
 
 def make_data(n_slides=6, per_slide=16, towers=2, window=16, seed=0, tumor_slides=(1, 3, 4)):
     """Images whose pixels encode the row index (tower 0, channels 0/1); tumor rows are red."""
@@ -292,8 +264,8 @@ def test_real_inception_v3_two_towers_one_step():
 def test_train_end_to_end_resume_and_metadata(patches, tmp_path):
     import keras
 
-    from wsiheat.training.dataset import open_patch_file
     from wsiheat.models.model import load_model, read_metadata
+    from wsiheat.training.dataset import open_patch_file
     from wsiheat.training.train import train
 
     out = tmp_path / "m.keras"
@@ -500,8 +472,8 @@ def test_import_idc_tree_and_mislabeled_file(tmp_path, capsys):
 
 
 def test_import_plain_layout(tmp_path):
-    from wsiheat.training.dataset import open_patch_file
     from wsiheat.patches.importing import import_patches
+    from wsiheat.training.dataset import open_patch_file
 
     rng = np.random.default_rng(0)
     for cls in ("normal", "tumor"):
@@ -519,8 +491,8 @@ def test_import_plain_layout(tmp_path):
 
 def test_import_real_idc_sample(tmp_path):
     idc = shared_path("idc")
-    from wsiheat.training.dataset import open_patch_file
     from wsiheat.patches.importing import import_patches
+    from wsiheat.training.dataset import open_patch_file
 
     sub = tmp_path / "idc"
     sub.mkdir()

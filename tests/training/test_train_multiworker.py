@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import loopback_hosts, run_tf_workers
 from test_train import make_data, write_patches
 
@@ -25,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tf_config_chief_rule():
-    from wsiheat.training.distribute import tf_config_is_chief, tf_config_task
     from wsiheat.errors import WsiheatError
+    from wsiheat.training.distribute import tf_config_is_chief, tf_config_task
 
     def env(cluster, kind, index):
         return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})}
@@ -47,8 +46,8 @@ def test_loop_metrics_match_keras_metrics():
     """Binned training statistics and numpy validation metrics agree with the Keras metrics of `fit`."""
     import tensorflow as tf
 
-    from wsiheat.training.distribute import binned_stats, metrics_from_stats
     from wsiheat.evaluation.metrics import roc_auc
+    from wsiheat.training.distribute import binned_stats, metrics_from_stats
     from wsiheat.training.train import _numpy_metrics, metrics
 
     rng = np.random.default_rng(5)
@@ -76,8 +75,8 @@ def test_loop_metrics_match_keras_metrics():
 
 
 def test_cli_train_two_workers_on_loopback(tmp_path):
-    from wsiheat.training.dataset import open_patch_file
     from wsiheat.models.model import load_model
+    from wsiheat.training.dataset import open_patch_file
 
     patches = write_patches(tmp_path / "p.h5", *make_data())
     hosts = loopback_hosts(2)

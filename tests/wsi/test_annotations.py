@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiff import write_mask_tiff
 from PIL import Image
 from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 
-from _tiff import write_mask_tiff
-from wsiheat.wsi.annotations.groundtruth import MaskGroundTruth, PolygonGroundTruth, load_ground_truth
 from wsiheat.errors import WsiheatError
+from wsiheat.wsi.annotations.groundtruth import MaskGroundTruth, PolygonGroundTruth, load_ground_truth
 
 SLIDE = (4096, 3072)  # level-0 (W, H) of the imaginary slide
 

@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
-
 from _tiff import write_pyramid_tiff
+from PIL import Image
 
 
 def run(*args, cwd=None):

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from _tiff import _block_reduce, write_pyramid_tiff
 from PIL import Image
 
-from _tiff import _block_reduce, write_pyramid_tiff
 from wsiheat.errors import WsiheatError
 from wsiheat.wsi.slide import Slide, area_resample, composite_on
 

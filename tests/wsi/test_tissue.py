@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from _tiff import write_pyramid_tiff
 from skimage.filters import threshold_otsu
 
-from _tiff import write_pyramid_tiff
 from wsiheat.wsi.slide import Slide
 from wsiheat.wsi.tissue import TissueMask, overlay_mask, saturation_threshold, tissue_mask, tissue_mask_from_rgb
 

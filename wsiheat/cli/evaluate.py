@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-
-
 import sys
 
 import click
 
-from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
+from wsiheat import defaults
 from wsiheat.cli.main import cli
 from wsiheat.cli.options import _bounds, _ci_text, _float_list, _lesion_ground_truth_options
-from wsiheat import defaults
-
+from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
 
 # --- evaluate ---------------------------------------------------------------------
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-
-
-
 import click
 
-from wsiheat.errors import WsiheatError
-from wsiheat.cli.main import cli
-from wsiheat.cli.options import _NumbersOption, _numbers, _parse_grid, _scale_options, _scale_requested, _scale_tasks
 from wsiheat import defaults
+from wsiheat.cli.main import cli
+from wsiheat.cli.options import _numbers, _NumbersOption, _parse_grid, _scale_options, _scale_requested, _scale_tasks
+from wsiheat.errors import WsiheatError
 
 
 def _extract_many_cli(scale: dict, slide, ground_truth, output, quiet, replace, params) -> None:
@@ -223,8 +220,8 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
     import json as _json
 
     from wsiheat.fileio import atomic_path
-    from wsiheat.patches.mosaic import build_mosaic_set
     from wsiheat.patches.idc import parse_fractions, split_patients
+    from wsiheat.patches.mosaic import build_mosaic_set
 
     record: dict = {"seed": seed}
     if val_model is not None:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-
-
 import sys
 
 import click
 
-from wsiheat.errors import WsiheatError
-from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
+from wsiheat import defaults
 from wsiheat.cli.main import cli
 from wsiheat.cli.options import _parse_floats, _scale_options
-from wsiheat import defaults
+from wsiheat.errors import WsiheatError
+from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
 
 
 @cli.command("heatmap")
@@ -79,8 +77,8 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     import warnings
     from pathlib import Path
 
-    from wsiheat.postprocess.scorer import load_scorer
     from wsiheat.models.model import read_metadata
+    from wsiheat.postprocess.scorer import load_scorer
 
     lesion_scorer = load_scorer(lesion_scorer_path) if lesion_scorer_path else None
 
@@ -119,8 +117,8 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     ds = _parse_floats(downsamples, "--downsamples")
 
     from wsiheat.inference.heatmap import HeatmapWarning, heatmap_slide
-    from wsiheat.inference.predict import check_model, make_predict_fn, spec_from_metadata
     from wsiheat.inference.outputs import outputs_exist
+    from wsiheat.inference.predict import check_model, make_predict_fn, spec_from_metadata
     from wsiheat.wsi.slide import slide_name
 
     def out_name(path: str, given: str | None) -> str:
@@ -177,9 +175,9 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
 
 def _heatmap_many_cli(scale: dict, slides, model_path: str, out_dir, overwrite: bool, options: dict) -> int:
     """Heatmaps of many slides through wsiheat.scale.batch (Dask when --workers/--scheduler)."""
+    from wsiheat.inference.outputs import output_paths
     from wsiheat.scale.batch import heatmap_many
     from wsiheat.scale.tasks import read_manifest, status_table, tasks_from_paths
-    from wsiheat.inference.outputs import output_paths
 
     tasks = (read_manifest(scale["manifest"], split=scale.get("manifest_split")) if scale.get("manifest")
              else tasks_from_paths(list(slides)))

@@ -7,8 +7,6 @@ printed as one line ``wsiheat: error: ...`` with exit status 2, no traceback.
 
 from __future__ import annotations
 
-
-
 import os
 import sys
 from pathlib import Path
@@ -16,8 +14,8 @@ from pathlib import Path
 import click
 
 from wsiheat import __version__
-from wsiheat.errors import WsiheatError
 from wsiheat.cli.options import _bounds
+from wsiheat.errors import WsiheatError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,8 +95,8 @@ def _import_tensorflow_for(command: str) -> None:
     before its MultiWorkerMirroredStrategy exists (collectives are configured
     at start-up); ``train`` creates the strategy itself after checking inputs.
     """
-    from wsiheat.training.distribute import tf_config_workers
     from wsiheat.models.model import import_tensorflow_quietly
+    from wsiheat.training.distribute import tf_config_workers
 
     try:
         multi = command == "train" and tf_config_workers() > 0

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-
-
-
 import click
 
 from wsiheat.errors import WsiheatError
-
 
 # --- scale: many slides on Dask (wsiheat.scale.batch) ------------------------------
 # Options shared by commands that process many slides; the commands call

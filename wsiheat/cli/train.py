@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-
-
-
 import click
 
-from wsiheat.models.backbones import names as backbone_names
-
-from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
-from wsiheat.cli.main import cli
 from wsiheat import defaults
+from wsiheat.cli.main import cli
+from wsiheat.models.backbones import names as backbone_names
+from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
 
 
 @cli.command("train")

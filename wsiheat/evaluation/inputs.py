@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 import csv
 import io
 import json
@@ -23,16 +21,10 @@ GROUND_TRUTH_SUFFIXES = (".tif", ".tiff", ".png", ".xml", ".json", ".geojson")
 
 def read_patch_rows(patches_path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
     """The ``images`` rows of an HDF5 patches file, in the order asked (uint8 (K, T, W, W, 3))."""
-    import h5py
+    from wsiheat.patches.store import open_patches
 
-    rows = np.asarray(rows, np.int64)
-    uniq, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing indices only
-    try:
-        with h5py.File(patches_path, "r") as h5:
-            got = h5["images"][uniq] if uniq.size else np.zeros((0,) + h5["images"].shape[1:], np.uint8)
-    except (OSError, KeyError) as exc:
-        raise WsiheatError(f"{patches_path}: cannot read images ({exc})") from None
-    return got[inverse]
+    with open_patches(patches_path) as pf:
+        return pf.read_rows(np.asarray(rows, np.int64))
 
 
 # =====================================================================================

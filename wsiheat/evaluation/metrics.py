@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-
-
 import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from wsiheat.errors import WsiheatError
-
 
 # =====================================================================================
 # ROC primitives

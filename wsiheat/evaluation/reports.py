@@ -89,8 +89,6 @@ detections.
 
 from __future__ import annotations
 
-
-
 import csv
 import json
 import math
@@ -101,12 +99,39 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from wsiheat.errors import WsiheatError
+from wsiheat.evaluation.froc import (
+    CAMELYON16_MPP,
+    EVALUATION_MASK_LEVEL,
+    _check_mpp_level,
+    bootstrap_froc_ci,
+    froc_from_arrays,
+    froc_tumor_mask,
+    itc_threshold,
+    margin_threshold,
+)
+from wsiheat.evaluation.inputs import (
+    _match_names,
+    _names,
+    _read_result_jsons,
+    find_detection_files,
+    find_ground_truth,
+    read_detections,
+    read_patch_rows,
+    read_reference_csv,
+    read_slide_scores,
+)
+from wsiheat.evaluation.metrics import (
+    _check_labels_scores,
+    binary_metrics,
+    bootstrap_auc_ci,
+    bootstrap_patch_ci,
+    roc_auc,
+    roc_curve,
+    youden_threshold,
+)
 from wsiheat.fileio import atomic_path, ensure_out_dir
 from wsiheat.inference.gallery import plot_gallery
 from wsiheat.inference.predict import predict_patches
-from wsiheat.evaluation.froc import CAMELYON16_MPP, EVALUATION_MASK_LEVEL, _check_mpp_level, bootstrap_froc_ci, froc_from_arrays, froc_tumor_mask, itc_threshold, margin_threshold
-from wsiheat.evaluation.inputs import _match_names, _names, _read_result_jsons, find_detection_files, find_ground_truth, read_detections, read_patch_rows, read_reference_csv, read_slide_scores
-from wsiheat.evaluation.metrics import _check_labels_scores, binary_metrics, bootstrap_auc_ci, bootstrap_patch_ci, roc_auc, roc_curve, youden_threshold
 
 
 def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray | None = None,

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-
-
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from wsiheat import defaults
 from wsiheat.errors import WsiheatError
-from wsiheat.fileio import ensure_out_dir
-from wsiheat.postprocess.lesions import postprocess_scores
-from wsiheat.evaluation.froc import CAMELYON16_MPP, EVALUATION_MASK_LEVEL, _check_mpp_level, bootstrap_froc_ci, froc_from_arrays, froc_tumor_mask
+from wsiheat.evaluation.froc import (
+    CAMELYON16_MPP,
+    EVALUATION_MASK_LEVEL,
+    _check_mpp_level,
+    bootstrap_froc_ci,
+    froc_from_arrays,
+    froc_tumor_mask,
+)
 from wsiheat.evaluation.inputs import _names, find_ground_truth, read_reference_csv
 from wsiheat.evaluation.metrics import roc_auc
 from wsiheat.evaluation.reports import _save, write_csv, write_json
-from wsiheat import defaults
+from wsiheat.fileio import ensure_out_dir
+from wsiheat.postprocess.lesions import postprocess_scores
 
 
 def load_maps_and_masks(results: str | os.PathLike, ground_truth: Sequence[str | os.PathLike],
@@ -36,8 +41,8 @@ def load_maps_and_masks(results: str | os.PathLike, ground_truth: Sequence[str |
     """
     from tqdm import tqdm
 
-    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
     from wsiheat.inference.outputs import read_heatmap
+    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
 
     results = Path(results)
     if not results.is_dir():

@@ -6,8 +6,6 @@ Used by ``evaluate patches`` (the most confident mistakes) and ``heatmap``
 
 from __future__ import annotations
 
-
-
 import math
 import os
 from typing import Sequence

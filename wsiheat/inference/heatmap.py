@@ -37,9 +37,16 @@ from wsiheat import __version__, defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import check_writable_dir
 from wsiheat.inference.outputs import GALLERY_LESIONS, HEATMAP_FORMAT, Heatmap, lesion_views
-from wsiheat.inference.predict import (check_model, make_predict_fn, predict_cells, resampled_towers,
-                                       spec_from_metadata, tiles_of_cells, tissue_cells)
-from wsiheat.postprocess.lesions import lesion_map, lesions_from_heatmap, slide_scores
+from wsiheat.inference.predict import (
+    check_model,
+    make_predict_fn,
+    predict_cells,
+    resampled_towers,
+    spec_from_metadata,
+    tiles_of_cells,
+    tissue_cells,
+)
+from wsiheat.postprocess.lesions import postprocess, slide_scores
 from wsiheat.postprocess.scores import registered_scores
 from wsiheat.wsi.slide import Slide
 
@@ -174,8 +181,8 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
             nms_radius = nms_radius_um / mpp
         if smooth < 0:
             raise WsiheatError(f"smoothing sigma must be >= 0 cells, got {smooth}")
-        lmap = lesion_map(prob, tissue, smooth, lesion_scorer)
-        lesions = lesions_from_heatmap(lmap, tissue, cell0, lesion_threshold, nms_radius)
+        lmap, lesions = postprocess(prob, tissue, cell0, smooth=smooth, lesion_threshold=lesion_threshold,
+                                    nms_radius=nms_radius, scorer=lesion_scorer)
         scores = slide_scores(prob, tissue, cell0, mpp, topk, area_threshold, lmap)
         scores.update(registered_scores(prob, tissue, lmap, cell0, mpp))
         scores["smooth"] = None if lesion_scorer is not None else float(smooth)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-
-
 import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.sampling import Grid, WindowSpec, read_windows
 from wsiheat.wsi.slide import DOWNSAMPLE_TOLERANCE, Slide
-
-
-from typing import Any
-
-
 
 
 # --------------------------------------------------------------------------- geometry
@@ -275,7 +268,7 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         Takes uint8 ``(B, T, W, W, 3)`` exactly as the HDF5 ``images`` rows,
         returns ``(B, 1)`` tumor probabilities.
     patches_path : path-like
-        HDF5 with ``images, labels, slide_ids, slides`` (and ``centers``).
+        A wsiheat patches file (read through :func:`wsiheat.patches.store.open_patches`).
     batch_size : int
         Windows per model call (and per HDF5 read).
     progress : bool
@@ -288,49 +281,29 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
     -------
     dict
         ``scores`` float64 (N,), ``labels`` uint8 (N,), ``slide_ids`` (N,),
-        ``slides`` list of str, ``centers`` (N, 2) or None.
+        ``slides`` list of str, ``centers`` (N, 2).
     """
-    import h5py
     from tqdm import tqdm
 
-    from wsiheat.inference.predict import dihedral
+    from wsiheat.patches.store import open_patches
 
-    path = Path(patches_path)
     if batch_size < 1:
         raise WsiheatError(f"batch size must be >= 1 (got {batch_size})")
-    if not path.exists():
-        raise WsiheatError(f"{path}: no such file")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError:
-        raise WsiheatError(f"{path}: not an HDF5 file") from None
-    with h5:
-        for key in ("images", "labels"):
-            if key not in h5:
-                raise WsiheatError(f"{path}: not a wsiheat patches file (no '{key}' dataset)")
-        images = h5["images"]
-        n = images.shape[0]
-        if images.ndim != 5 or images.shape[-1] != 3:
-            raise WsiheatError(f"{path}: 'images' has shape {images.shape}, expected (N, T, W, W, 3)")
-        labels = np.asarray(h5["labels"][:]).astype(np.uint8).reshape(-1)
-        if labels.shape[0] != n:
-            raise WsiheatError(f"{path}: {labels.shape[0]} labels for {n} images")
-        slide_ids = np.asarray(h5["slide_ids"][:]) if "slide_ids" in h5 else np.zeros(n, np.int32)
-        slides = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in h5["slides"][:]] \
-            if "slides" in h5 else ["patches"]
-        centers = np.asarray(h5["centers"][:]) if "centers" in h5 else None
-        expected = tuple(images.shape[1:])
+    path = Path(patches_path)
+    with open_patches(path) as pf:
+        n, expected = pf.n, (pf.towers, pf.window, pf.window, 3)
         mshape = getattr(model, "input_shape", None)
         if isinstance(mshape, tuple) and len(mshape) == 5:
             want = tuple(mshape[1:])
             if any(w is not None and w != e for w, e in zip(want, expected)):
                 raise WsiheatError(f"{path}: windows of shape {expected} do not fit the model's input {want}")
+        labels = np.asarray(pf.labels).astype(np.uint8).reshape(-1)
+        slide_ids, slides, centers = np.asarray(pf.slide_ids), list(pf.slides), np.asarray(pf.centers)
         scores = np.empty(n, np.float64)
         bar = tqdm(total=n, desc="predict", unit="patch", disable=None if progress else True, smoothing=0.1)
-        # read in multiples of the HDF5 chunk when possible
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            x = images[start:stop]
+            x = pf.read(start, stop)
             views = [dihedral(x, k, flip) for flip in (False, True) for k in range(4)] if tta else [x]
             out = sum(np.asarray(model.predict_on_batch(v), dtype=np.float64).reshape(stop - start, -1)[:, -1]
                       for v in views) / len(views)

@@ -31,8 +31,6 @@ own h5 file is loaded (see :mod:`wsiheat.models.weights`).
 
 from __future__ import annotations
 
-
-
 import keras
 from keras import layers
 

@@ -16,8 +16,6 @@ Saved-model contract (read by ``heatmap`` and ``evaluate``):
 
 from __future__ import annotations
 
-
-
 import json
 import os
 import re
@@ -25,12 +23,11 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsiheat import __version__
+from wsiheat import __version__, defaults
 from wsiheat.errors import ModelError
 from wsiheat.fileio import atomic_path
 from wsiheat.models import backbones as _backbones
 from wsiheat.models.backbones import backbones
-from wsiheat import defaults
 
 if TYPE_CHECKING:  # pragma: no cover
     pass

@@ -29,8 +29,6 @@ Root attributes record provenance: ``format``, ``variant``, ``source_package``,
 
 from __future__ import annotations
 
-
-
 import datetime as _dt
 import hashlib
 import io

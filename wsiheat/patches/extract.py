@@ -10,8 +10,6 @@ The existing output stays byte-identical on any failure or interruption.
 
 from __future__ import annotations
 
-
-
 import contextlib
 import json
 import os
@@ -19,13 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from wsiheat import __version__
+from wsiheat import __version__, defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import check_writable_dir
 from wsiheat.patches.sampling import WindowSpec, extract_slide, plan_windows, resolve_towers
+from wsiheat.patches.store import ShardWriter, compatibility_problems, merge_into, normalize_attrs, open_patches
 from wsiheat.wsi.slide import Slide
-from wsiheat.patches.store import compatibility_problems, merge_into, normalize_attrs, open_patches, ShardWriter
-from wsiheat import defaults
 
 #: Default tower levels (CAMELYON: level 2 ~ 10x and level 3 ~ 5x of a 40x scan).
 DEFAULT_LEVELS = (2, 3)

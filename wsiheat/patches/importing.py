@@ -18,20 +18,17 @@ tower; ``downsamples = [side / window]`` (``[50/80]`` for IDC), ``levels = [-1]`
 
 from __future__ import annotations
 
-
-
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from wsiheat import __version__
+from wsiheat import __version__, defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path
-from wsiheat.patches.store import ShardWriter
 from wsiheat.patches.idc import PATCH_PX, SOURCE_MPP, scan_patch_tree
-from wsiheat import defaults
+from wsiheat.patches.store import ShardWriter
 
 
 def _load_patch(path: Path, window: int, side: int | None) -> np.ndarray:

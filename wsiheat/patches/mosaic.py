@@ -32,8 +32,6 @@ that no patient's patches appear in two splits.
 
 from __future__ import annotations
 
-
-
 import csv
 import json
 import math
@@ -47,9 +45,10 @@ import numpy as np
 
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path
-from wsiheat.wsi.pyramid import down2, write_pyramid
-from wsiheat.wsi.annotations.asap import asap_xml
 from wsiheat.patches.idc import PATCH_PX, SOURCE_MPP, _check_idc_dir, list_patches
+from wsiheat.wsi.annotations.asap import asap_xml
+from wsiheat.wsi.pyramid import down2, write_pyramid
+
 #: Patches whose shorter side is below this fraction of PATCH_PX are skipped (slivers
 #: from the slide border); larger edge patches are resized to the cell size.
 MIN_PATCH_FRACTION = 0.5
@@ -530,7 +529,7 @@ def build_mosaic(idc_dir: str | os.PathLike, patients: Sequence[str], out_slide:
     name = out_slide.with_suffix("").name
     mask_path, xml_path, json_path = _sidecar_paths(out_slide)
     tumors_rec = []
-    for i, t in enumerate(layout.tumors):
+    for _i, t in enumerate(layout.tumors):
         cells = np.array(t["cells"])
         tumors_rec.append({
             "shape": t["shape"], "cells": t["cells"],

@@ -26,16 +26,14 @@ sliced), never one ``read_region`` per window and never a whole level.
 
 from __future__ import annotations
 
-
-
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from wsiheat import defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.wsi.slide import Slide
-from wsiheat import defaults
 
 
 @dataclass(frozen=True)

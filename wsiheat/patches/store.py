@@ -35,8 +35,6 @@ Example
 
 from __future__ import annotations
 
-
-
 import json
 import math
 import os

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-
-
 import math
+from typing import Any
 
 import numpy as np
 
-
-
-from typing import Any
 from wsiheat import defaults
-
 
 #: default Gaussian sigma, in cells, of the map that ranks lesions and gives the slide score
 SMOOTH_SIGMA = defaults.SMOOTH_SIGMA
@@ -141,6 +136,45 @@ def lesion_map(prob: np.ndarray, tissue: np.ndarray, smooth: float = SMOOTH_SIGM
     return smooth_heatmap(prob, tissue, smooth)
 
 
+def postprocess(prob: np.ndarray, tissue: np.ndarray, cell_size: float, *, smooth: float = SMOOTH_SIGMA,
+                lesion_threshold: float = defaults.LESION_THRESHOLD, nms_radius: float | None = None,
+                scorer=None, origin: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The post-processing of a raw map, as ``wsiheat heatmap`` runs it: the lesion map, then its lesion points.
+
+    Parameters
+    ----------
+    prob, tissue : ndarray (rows, cols)
+        Raw probabilities and the tissue cells.
+    cell_size : float
+        Cell side in level-0 pixels.
+    smooth : float
+        Gaussian sigma in cells of :func:`smooth_heatmap` (unused with ``scorer``).
+    lesion_threshold : float
+        Minimum probability of a lesion point.
+    nms_radius : float, optional
+        Suppression radius in level-0 pixels (default 4 cells).
+    scorer : wsiheat.postprocess.scorer.LesionScorer, optional
+        Its lesion map replaces the smoothed map.
+    origin : (float, float)
+        Level-0 position of the grid's top-left corner.
+
+    Returns
+    -------
+    lesion_map : ndarray (rows, cols)
+        Whose maximum over tissue is the slide score (:func:`map_score`).
+    lesions : ndarray (K, 3)
+        ``(prob, x, y)`` rows in level-0 pixels, most probable first.
+    """
+    lmap = lesion_map(prob, tissue, smooth, scorer)
+    return lmap, lesions_from_heatmap(lmap, tissue, cell_size, lesion_threshold, nms_radius, origin)
+
+
+def map_score(lmap: np.ndarray, tissue: np.ndarray) -> float:
+    """The slide score: the maximum of the lesion map over tissue (0 without tissue)."""
+    tissue = np.asarray(tissue, bool)
+    return float(np.asarray(lmap, np.float64)[tissue].max()) if tissue.any() else 0.0
+
+
 def slide_scores(prob: np.ndarray, tissue: np.ndarray, cell0: float, mpp: float | None,
                  topk: int = 10, area_threshold: float = 0.5, smoothed: np.ndarray | None = None) -> dict:
     """Slide-level figures: max, top-k mean, tumor area above a threshold.
@@ -164,14 +198,13 @@ def slide_scores(prob: np.ndarray, tissue: np.ndarray, cell0: float, mpp: float 
     p = np.asarray(prob, np.float64)[tissue]
     p = p[np.isfinite(p)]
     raw_max = float(p.max()) if len(p) else 0.0
-    sm = None if smoothed is None else np.asarray(smoothed, np.float64)[tissue]
     n_tumor = int((p >= area_threshold).sum())
     area = n_tumor * float(cell0) ** 2
     if mpp:
         area *= float(mpp) ** 2
     k = max(1, min(int(topk), len(p))) if len(p) else 0
     return {
-        "score": raw_max if sm is None else (float(sm.max()) if sm.size else 0.0),
+        "score": raw_max if smoothed is None else map_score(smoothed, tissue),
         "max_probability": raw_max,
         "topk": int(topk),
         "topk_mean": float(np.sort(p)[-k:].mean()) if k else 0.0,
@@ -205,12 +238,10 @@ def postprocess_scores(probabilities: np.ndarray, tissue: np.ndarray, cell_size:
     detections : (probs, xs, ys)
         Lesion points, level-0 integer coordinates (as in ``NAME_lesions.csv``).
     """
-    from wsiheat.postprocess.lesions import lesion_map, lesions_from_heatmap
-
     tissue = np.asarray(tissue, bool)
-    sm = lesion_map(probabilities, tissue, smooth, scorer)
-    les = lesions_from_heatmap(sm, tissue, cell_size, lesion_threshold, nms_radius_cells * cell_size, origin)
-    score = float(sm[tissue].max()) if tissue.any() else 0.0
+    sm, les = postprocess(probabilities, tissue, cell_size, smooth=smooth, lesion_threshold=lesion_threshold,
+                          nms_radius=nms_radius_cells * cell_size, scorer=scorer, origin=origin)
+    score = map_score(sm, tissue)
     # as written to NAME_lesions.csv (probabilities to 6 decimals) and read back by evaluate froc
     probs = np.array([float(f"{p:.6f}") for p in les[:, 0]], np.float64)
     xy = np.round(les[:, 1:]).astype(np.int64)

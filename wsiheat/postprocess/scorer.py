@@ -23,8 +23,6 @@ fitted).
 
 from __future__ import annotations
 
-
-
 import json
 import math
 import os

@@ -38,8 +38,6 @@ Training
 
 from __future__ import annotations
 
-
-
 import functools
 import os
 import threading
@@ -48,9 +46,8 @@ from pathlib import Path
 from typing import Sequence
 
 from wsiheat.errors import WsiheatError
-from wsiheat.scale.tasks import SlideTask, _check_unique
 from wsiheat.scale.runner import run_slides
-
+from wsiheat.scale.tasks import SlideTask, _check_unique
 
 # --- extraction over many slides -------------------------------------------------------
 
@@ -86,9 +83,9 @@ def extract_shard(task: SlideTask, shard_dir: str, params: dict) -> dict:
     dict
         ``shard`` path plus the slide's statistics (scanned, kept_tumor, ...).
     """
-    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
-    from wsiheat.patches.extract import extraction_attrs, write_shard
     from wsiheat.fileio import atomic_path
+    from wsiheat.patches.extract import extraction_attrs, write_shard
+    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
     from wsiheat.wsi.slide import Slide
 
     shard = Path(shard_dir) / f"{task.name}.h5"

@@ -18,8 +18,6 @@
 
 from __future__ import annotations
 
-
-
 import hashlib
 import json
 import os
@@ -32,8 +30,9 @@ from wsiheat.errors import WsiheatError
 
 
 @dataclass
-class PatchFile:
-    """What training needs to know about an HDF5 patches file (images stay on disk).
+class PatchSummary:
+    """What training needs to know about a patches file: its small arrays, read once through
+    :func:`wsiheat.patches.store.open_patches` (the images stay on disk).
 
     Attributes
     ----------
@@ -99,7 +98,7 @@ def _plain(v):
     return v
 
 
-def open_patch_file(path: str | os.PathLike) -> PatchFile:
+def open_patch_file(path: str | os.PathLike) -> PatchSummary:
     """Validate an HDF5 patches file (:func:`wsiheat.patches.store.open_patches`) and read its small arrays.
 
     Raises
@@ -118,7 +117,7 @@ def open_patch_file(path: str | os.PathLike) -> PatchFile:
         if not np.isin(sf.labels, (0, 1)).all():
             raise WsiheatError(f"{path}: labels must be 0 or 1")
         attrs = {k: _plain(v) for k, v in sf.attrs.items()}
-        return PatchFile(path=path, n=sf.n, towers=sf.towers, window=sf.window, labels=labels,
+        return PatchSummary(path=path, n=sf.n, towers=sf.towers, window=sf.window, labels=labels,
                          slide_ids=np.asarray(sf.slide_ids, dtype=np.int32), slides=list(sf.slides),
                          attrs=attrs, chunk_rows=max(1, sf.chunk_rows),
                          row_bytes=sf.towers * sf.window * sf.window * 3, tower_mpps=sf.tower_mpps())
@@ -281,40 +280,24 @@ def default_memory_budget() -> int:
     return int(0.4 * available_memory())
 
 
-def _read_rows(images, rows: np.ndarray, block: int) -> np.ndarray:
-    """Read sorted ``rows`` of an h5py dataset in contiguous chunk-aligned blocks."""
-    out = np.empty((len(rows),) + images.shape[1:], dtype=images.dtype)
-    if len(rows) == 0:
-        return out
-    starts = (rows // block) * block
-    pos = 0
-    for s in np.unique(starts):
-        e = min(s + block, images.shape[0])
-        sel = rows[(rows >= s) & (rows < e)]
-        data = images[s:e]
-        out[pos:pos + len(sel)] = data[sel - s]
-        pos += len(sel)
-    return out
-
-
 class _RowSource:
     """Yields ``(images, labels)`` blocks of selected rows from disk or memory."""
 
-    def __init__(self, pf: PatchFile, rows: np.ndarray, in_memory: bool, block_rows: int):
+    def __init__(self, pf: PatchSummary, rows: np.ndarray, in_memory: bool, block_rows: int):
         self.pf = pf
         self.rows = np.sort(np.asarray(rows, dtype=np.int64))
         self.block = max(1, int(block_rows))
         self.labels = pf.labels[self.rows].astype(np.float32)
         self.images = None
         if in_memory and len(self.rows):
-            import h5py
+            from wsiheat.patches.store import open_patches
 
-            with h5py.File(pf.path, "r") as f:
-                self.images = _read_rows(f["images"], self.rows, self.block)
+            with open_patches(pf.path) as sf:
+                self.images = sf.read_rows(self.rows)
 
     def blocks(self, shuffle: bool, seed: int, repeat: bool):
         """Generator of ``(uint8 (k,T,W,W,3), float32 (k,1))``."""
-        import h5py
+        from wsiheat.patches.store import open_patches
 
         rng = np.random.default_rng(seed)
         if self.images is not None:
@@ -326,8 +309,8 @@ class _RowSource:
                 if not repeat:
                     return
         starts = np.unique((self.rows // self.block) * self.block)
-        with h5py.File(self.pf.path, "r") as f:
-            images = f["images"]
+        with open_patches(self.pf.path) as sf:
+            images = sf.images
             while True:
                 order = rng.permutation(starts) if shuffle else starts
                 for s in order:
@@ -343,7 +326,7 @@ class _RowSource:
                     return
 
 
-def make_dataset(pf: PatchFile, rows: np.ndarray, batch_size: int, *, training: bool,
+def make_dataset(pf: PatchSummary, rows: np.ndarray, batch_size: int, *, training: bool,
                  augment: AugmentConfig | None = AugmentConfig(), balance: str = "weights",
                  seed: int = 0, memory_budget: int | None = None, shuffle_buffer: int | None = None,
                  block_rows: int | None = None):
@@ -351,7 +334,7 @@ def make_dataset(pf: PatchFile, rows: np.ndarray, batch_size: int, *, training: 
 
     Parameters
     ----------
-    pf : PatchFile
+    pf : PatchSummary
     rows : array of int
         Rows of ``pf`` to use.
     batch_size : int

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-
-
 import json
 import os
 
 from wsiheat.errors import WsiheatError
-
 
 # --- training strategies -----------------------------------------------------------------
 

@@ -24,8 +24,6 @@ validation metrics, wsiheat version).
 
 from __future__ import annotations
 
-
-
 import atexit
 import csv
 import json
@@ -41,12 +39,19 @@ from pathlib import Path
 
 import numpy as np
 
-from wsiheat import __version__
-from wsiheat.training.dataset import AugmentConfig, PatchFile, class_weights, make_dataset, open_patch_file, split_by_slide, steps_for
+from wsiheat import __version__, defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path, check_writable_dir
 from wsiheat.models.model import INFER_PRECISIONS
-from wsiheat import defaults
+from wsiheat.training.dataset import (
+    AugmentConfig,
+    PatchSummary,
+    class_weights,
+    make_dataset,
+    open_patch_file,
+    split_by_slide,
+    steps_for,
+)
 
 METRIC_NAMES = ("loss", "auc", "accuracy", "sensitivity", "specificity")
 
@@ -577,7 +582,7 @@ def _predict_all(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ys), np.concatenate(ps)
 
 
-def _fit_multiworker(strategy, pf: PatchFile, vf: PatchFile, train_rows, val_rows,
+def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, val_rows,
                      config: TrainConfig, stages: list, build_args: dict, mixed: bool,
                      cw: dict | None, steps: int, val_ds, ckpt: Path, history_path: Path,
                      state: dict, history: list, progress: bool):
@@ -599,8 +604,8 @@ def _fit_multiworker(strategy, pf: PatchFile, vf: PatchFile, train_rows, val_row
     """
     import keras
 
-    from wsiheat.training.distribute import StepRunner, all_reduce_mean, metrics_from_stats
     from wsiheat.models.model import set_trainable_from
+    from wsiheat.training.distribute import StepRunner, all_reduce_mean, metrics_from_stats
 
     replicas = int(strategy.num_replicas_in_sync)
     if config.batch_size % replicas:

@@ -10,7 +10,6 @@ an image already in memory (heatmaps: one pixel per cell).
 
 from __future__ import annotations
 
-
 import os
 from typing import Callable, Iterator
 

@@ -25,8 +25,6 @@ Example
 
 from __future__ import annotations
 
-
-
 import math
 import os
 from pathlib import Path

@@ -12,8 +12,6 @@ The mask is returned with its downsample: mask pixel ``(i, j)`` covers level-0
 
 from __future__ import annotations
 
-
-
 from dataclasses import dataclass
 from functools import cached_property
 

@@ -7,9 +7,17 @@ registered by the user. Polygons are rasterized by :mod:`.raster`.
 """
 
 from wsiheat.wsi.annotations.asap import asap_xml, read_asap_xml
-from wsiheat.wsi.annotations.groundtruth import (GroundTruth, GroundTruthFormat, MaskGroundTruth,
-                                                 PolygonGroundTruth, formats, load_ground_truth,
-                                                 register_format, sniff_format, unregister_format)
+from wsiheat.wsi.annotations.groundtruth import (
+                                                 GroundTruth,
+                                                 GroundTruthFormat,
+                                                 MaskGroundTruth,
+                                                 PolygonGroundTruth,
+                                                 formats,
+                                                 load_ground_truth,
+                                                 register_format,
+                                                 sniff_format,
+                                                 unregister_format,
+)
 from wsiheat.wsi.annotations.jsonfmt import read_json_annotations
 from wsiheat.wsi.annotations.raster import rasterize_polygons
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-
-
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Sequence
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from wsiheat.errors import GroundTruthError
-
-
-from typing import Sequence
-from xml.sax.saxutils import quoteattr
-
-
 
 #: ASAP groups that are tumor / holes in CAMELYON16.
 TUMOR_GROUPS = ("tumor", "_0", "_1", "metastases", "metastasis")

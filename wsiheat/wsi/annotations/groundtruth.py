@@ -21,8 +21,6 @@ renders only the requested region at the requested downsample.
 
 from __future__ import annotations
 
-
-
 import math
 import os
 from dataclasses import dataclass
@@ -32,10 +30,10 @@ from typing import Callable
 import numpy as np
 
 from wsiheat.errors import GroundTruthError, WsiheatError
-from wsiheat.wsi.slide import Slide
 from wsiheat.wsi.annotations.asap import read_asap_xml
-from wsiheat.wsi.annotations.raster import asap_level_mask, rasterize_polygons
 from wsiheat.wsi.annotations.jsonfmt import _is_empty_camelyon_json, read_json_annotations
+from wsiheat.wsi.annotations.raster import asap_level_mask, rasterize_polygons
+from wsiheat.wsi.slide import Slide
 
 #: Relative tolerance on the aspect ratio when matching a mask to a slide.
 PROPORTION_TOLERANCE = 0.01

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-
-
-
 import cv2
 import numpy as np
-
 
 _SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision
 
