@@ -74,31 +74,24 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     (score = max of the smoothed map, see --smooth, or of the
     --lesion-scorer map; ...).
     """
-    import warnings
     from pathlib import Path
 
     from wsiheat.models.model import read_metadata
     from wsiheat.postprocess.scorer import load_scorer
+    from wsiheat.scale.batch import heatmap_many
+    from wsiheat.scale.tasks import SlideTask, read_manifest, status_table, tasks_from_paths
+    from wsiheat.wsi.slide import slide_name
 
     lesion_scorer = load_scorer(lesion_scorer_path) if lesion_scorer_path else None
-
     if output is not None and out_dir is not None:
         raise WsiheatError("give either -o/--output (one slide) or --out-dir, not both")
     if scale.get("manifest") and slides:
         raise WsiheatError(f"{slides[0]}: give either SLIDES or --manifest, not both")
     if not scale.get("manifest") and not slides:
         raise WsiheatError("no slide: give SLIDES or --manifest FILE")
-    if scale.get("manifest") or scale.get("workers") or scale.get("scheduler"):
-        if output is not None:
-            raise WsiheatError("--workers/--scheduler/--manifest write into --out-dir, not -o/--output")
-        return _heatmap_many_cli(scale, slides, model_path, Path(out_dir or "."), overwrite,
-                                 dict(batch_size=batch_size, tta=tta, readers=readers, block=block,
-                                      tissue_threshold=tissue_threshold, lesion_threshold=lesion_threshold,
-                                      nms_radius=nms_radius, nms_radius_um=nms_radius_um,
-                                      area_threshold=area_threshold, topk=topk, smooth=smooth,
-                                      lesion_scorer=lesion_scorer,
-                                      downsamples=_parse_floats(downsamples, "--downsamples"),
-                                      precision=precision))
+    many = bool(scale.get("manifest") or scale.get("workers") or scale.get("scheduler"))
+    if many and output is not None:
+        raise WsiheatError("--workers/--scheduler/--manifest write into --out-dir, not -o/--output")
     if output is not None:
         if len(slides) != 1:
             raise WsiheatError(f"-o/--output names the outputs of one slide, got {len(slides)} slides; "
@@ -106,92 +99,60 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
         if not output.lower().endswith(".png"):
             raise WsiheatError(f"{output}: -o/--output must be a .png file")
         out = Path(output)
-        folder, names = (out.parent if str(out.parent) else Path(".")), [out.stem]
+        folder = out.parent if str(out.parent) else Path(".")
+        tasks = [SlideTask(out.stem, slides[0])]
     else:
         folder = Path(out_dir if out_dir is not None else ".")
-        names = [None] * len(slides)
-    meta = read_metadata(model_path)  # fast: a foreign file fails before TensorFlow loads
-    from wsiheat.fileio import ensure_out_dir
-
-    ensure_out_dir(folder)
-    ds = _parse_floats(downsamples, "--downsamples")
-
-    from wsiheat.inference.heatmap import HeatmapWarning, heatmap_slide
-    from wsiheat.inference.outputs import outputs_exist
-    from wsiheat.inference.predict import check_model, make_predict_fn, spec_from_metadata
-    from wsiheat.wsi.slide import slide_name
-
-    def out_name(path: str, given: str | None) -> str:
-        return given or slide_name(path)
-
-    seen: dict[str, str] = {}
-    for s, n in zip(slides, names):
-        nm = out_name(s, n)
-        if nm in seen:
-            raise WsiheatError(f"{s}: same output name {nm!r} as {seen[nm]}; process them into different folders")
-        seen[nm] = s
-    todo = []
-    for s, n in zip(slides, names):
-        nm = out_name(s, n)
-        if not overwrite and outputs_exist(folder, nm):
-            click.echo(f"{nm}: skipped, outputs exist in {folder} (--overwrite to redo)")
+        if scale.get("manifest"):
+            tasks = read_manifest(scale["manifest"], split=scale.get("manifest_split"))
+        elif many:
+            tasks = tasks_from_paths(list(slides))
         else:
-            todo.append((s, nm))
-    if not todo:
+            tasks, seen = [], {}
+            for s in slides:
+                nm = slide_name(s)
+                if nm in seen:
+                    raise WsiheatError(f"{s}: same output name {nm!r} as {seen[nm]}; "
+                                       f"process them into different folders")
+                seen[nm] = s
+                tasks.append(SlideTask(nm, s))
+    read_metadata(model_path)  # fast: a foreign file fails before TensorFlow loads
+    options = dict(batch_size=batch_size, tta=tta, readers=readers, block=block, tissue_threshold=tissue_threshold,
+                   lesion_threshold=lesion_threshold, nms_radius=nms_radius, nms_radius_um=nms_radius_um,
+                   area_threshold=area_threshold, topk=topk, smooth=smooth, lesion_scorer=lesion_scorer,
+                   downsamples=_parse_floats(downsamples, "--downsamples"), precision=precision)
+    if many:
+        run = heatmap_many(tasks, model_path, folder, workers=scale["workers"], scheduler=scale["scheduler"],
+                           retries=scale["retries"], progress=sys.stderr.isatty(), overwrite=overwrite, **options)
+        click.echo(status_table(run["results"]))
+        failed = [r for r in run["results"] if r.status == "failed"]
+        click.echo(f"{folder}: {len(run['results']) - len(failed)} of {len(run['results'])} slides done; "
+                   f"{run['seconds']:.1f} s")
+        if failed:
+            raise WsiheatError(f"{folder}: {len(failed)} slides failed (see the table); re-run the same command "
+                               f"to retry them")
         return 0
-    spec = spec_from_metadata(meta, None, ds)
-    from wsiheat.models.model import load_model
 
-    model, meta = load_model(model_path, precision=precision)
-    check_model(model, spec, model_path)
-    predict = make_predict_fn(model, spec, batch_size, tta)
+    def report(r) -> None:
+        if r.status == "skipped":
+            click.echo(f"{r.name}: skipped, outputs exist in {folder} (--overwrite to redo)")
+        elif r.status == "failed":
+            click.echo(f"wsiheat: error: {r.error}", err=True)
+        else:
+            s = r.outputs
+            for w in s["warnings"]:
+                click.echo(f"wsiheat: warning: {w}", err=True)
+            click.echo(f"{r.name}: score {s['score']:.3f}, top-{s['topk']} mean {s['topk_mean']:.3f}, "
+                       f"tumor area {s['tumor_area']:.4g} {s['tumor_area_unit']}, {s['lesions']} lesion points, "
+                       f"{s['cells_evaluated']} windows in {s['seconds']:.1f} s "
+                       f"({s['patches_per_second']:.1f} patches/s) -> {folder / (r.name + '.png')}")
+
     show = sys.stderr.isatty() if progress is None else progress
-    failed = 0
-    for s, nm in todo:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", HeatmapWarning)
-                r = heatmap_slide(s, model, meta, folder, nm, batch_size=batch_size, tta=tta, readers=readers,
-                                  block=block, tissue_threshold=tissue_threshold,
-                                  lesion_threshold=lesion_threshold, nms_radius=nms_radius,
-                                  nms_radius_um=nms_radius_um, area_threshold=area_threshold, topk=topk,
-                                  smooth=smooth, lesion_scorer=lesion_scorer,
-                                  downsamples=ds, model_path=model_path, predict=predict, progress=show)
-        except WsiheatError as exc:
-            failed += 1
-            click.echo(f"wsiheat: error: {exc}", err=True)
-            continue
-        for w in r["warnings"]:
-            click.echo(f"wsiheat: warning: {w}", err=True)
-        click.echo(f"{nm}: score {r['score']:.3f}, top-{r['topk']} mean {r['topk_mean']:.3f}, "
-                   f"tumor area {r['tumor_area']:.4g} {r['tumor_area_unit']}, {r['lesions']} lesion points, "
-                   f"{r['cells_evaluated']} windows in {r['seconds']:.1f} s "
-                   f"({r['patches_per_second']:.1f} patches/s) -> {folder / (nm + '.png')}")
+    run = heatmap_many(tasks, model_path, folder, workers=0, retries=0, progress=False, overwrite=overwrite,
+                       window_progress=show, on_result=report, **options)
+    failed = sum(r.status == "failed" for r in run["results"])
     if failed:
-        click.echo(f"wsiheat: {failed} of {len(todo)} slides failed", err=True)
+        click.echo(f"wsiheat: {failed} of {sum(r.status != 'skipped' for r in run['results'])} slides failed",
+                   err=True)
         return 2
-    return 0
-
-
-def _heatmap_many_cli(scale: dict, slides, model_path: str, out_dir, overwrite: bool, options: dict) -> int:
-    """Heatmaps of many slides through wsiheat.scale.batch (Dask when --workers/--scheduler)."""
-    from wsiheat.inference.outputs import output_paths
-    from wsiheat.scale.batch import heatmap_many
-    from wsiheat.scale.tasks import read_manifest, status_table, tasks_from_paths
-
-    tasks = (read_manifest(scale["manifest"], split=scale.get("manifest_split")) if scale.get("manifest")
-             else tasks_from_paths(list(slides)))
-    if overwrite:  # resumability skips finished slides: drop their outputs first
-        for t in tasks:
-            for p in output_paths(out_dir, t.name).values():
-                p.unlink(missing_ok=True)
-    run = heatmap_many(tasks, model_path, out_dir, workers=scale["workers"], scheduler=scale["scheduler"],
-                       retries=scale["retries"], progress=sys.stderr.isatty(), **options)
-    click.echo(status_table(run["results"]))
-    failed = [r for r in run["results"] if r.status == "failed"]
-    click.echo(f"{out_dir}: {len(run['results']) - len(failed)} of {len(run['results'])} slides done; "
-               f"{run['seconds']:.1f} s")
-    if failed:
-        raise WsiheatError(f"{out_dir}: {len(failed)} slides failed (see the table); re-run the same command "
-                           f"to retry them")
     return 0

@@ -42,10 +42,13 @@ import functools
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+from wsiheat import defaults
 from wsiheat.errors import WsiheatError
+from wsiheat.fileio import ensure_out_dir
 from wsiheat.scale.runner import run_slides
 from wsiheat.scale.tasks import SlideTask, _check_unique
 
@@ -177,36 +180,36 @@ def extract_many(tasks: Sequence[SlideTask], output: str | os.PathLike, *, worke
 
 # --- heatmaps over many slides ---------------------------------------------------------
 
-_MODELS: dict[tuple, tuple] = {}
+_MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
 _LOADS = 0
 
 
-def cached_model(path: str | os.PathLike, precision: str = "float32"):
-    """``wsiheat.models.model.load_model(path, precision=precision)``, loaded once per process and reused.
+def cached_model(path: str | os.PathLike, precision: str = "float32", batch_size: int = defaults.PREDICT_BATCH_SIZE,
+                 tta: bool = False):
+    """A :class:`wsiheat.inference.engine.HeatmapModel` of ``path``, loaded once per process and reused.
 
-    In a Dask worker process every task on that worker gets the same model
-    object, so a GPU worker pays the load (and the GPU memory) once. The key
-    is the resolved path and its modification time.
-
-    Returns
-    -------
-    (keras.Model, dict)
+    In a Dask worker process every task on that worker gets the same engine
+    (model, metadata and compiled inference function), so a GPU worker pays the
+    load (and the GPU memory) once. The key is the resolved path, its
+    modification time and the inference options.
     """
+    from wsiheat.inference.engine import HeatmapModel
+
     p = Path(path).resolve()
     try:
-        key = (str(p), p.stat().st_mtime_ns, precision)
+        key = (str(p), p.stat().st_mtime_ns, precision, int(batch_size), bool(tta))
     except FileNotFoundError:
         raise WsiheatError(f"{path}: no such model file") from None
     with _MODELS_LOCK:
         if key not in _MODELS:
-            from wsiheat.models.model import import_tensorflow_quietly, load_model
+            from wsiheat.models.model import import_tensorflow_quietly
 
             import_tensorflow_quietly()
             global _LOADS
             for k in [k for k in _MODELS if k[0] == key[0]]:  # an older version of the file
                 del _MODELS[k]
-            _MODELS[key] = load_model(p, precision=precision)
+            _MODELS[key] = HeatmapModel.load(p, precision=precision, batch_size=batch_size, tta=tta)
             _LOADS += 1
         return _MODELS[key]
 
@@ -217,13 +220,17 @@ def model_loads() -> int:
 
 
 def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) -> dict:
-    """Heatmap outputs of one slide with the process's cached model (see :func:`cached_model`)."""
-    from wsiheat.inference.heatmap import heatmap_slide
+    """Heatmap outputs of one slide with the process's cached engine (see :func:`cached_model`)."""
+    from wsiheat.inference.heatmap import HeatmapWarning
 
     options = dict(options)
-    model, metadata = cached_model(model_path, options.pop("precision", "float32"))
-    summary = heatmap_slide(task.slide, model, metadata, out_dir, model_path=str(model_path),
-                            progress=False, **options)
+    engine = cached_model(model_path, options.pop("precision", "float32"),
+                          options.pop("batch_size", defaults.PREDICT_BATCH_SIZE), options.pop("tta", False))
+    engine.path = str(model_path)  # recorded in the outputs as the user gave it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HeatmapWarning)  # they are in the summary's "warnings"
+        heatmap = engine.predict_slide(task.slide, task.name, **options)
+    summary = heatmap.save(out_dir, task.name)
     summary = dict(summary)
     summary["model_loads"] = model_loads()
     return summary
@@ -231,23 +238,34 @@ def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) 
 
 def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  workers: int = 0, scheduler: str | None = None, retries: int = 1, progress: bool = True,
-                 resources: dict | None = None, client=None, **options) -> dict:
-    """Heatmaps of many slides, in parallel and resumably.
+                 resources: dict | None = None, client=None, overwrite: bool = False,
+                 window_progress: bool = False, on_result=None, **options) -> dict:
+    """Heatmaps of many slides, in this process or in parallel, resumably.
 
-    Slides whose outputs are all present in ``out_dir`` are skipped. Each
-    worker process loads the model once.
+    The one many-slide heatmap driver: ``wsiheat heatmap`` uses it for a list of
+    slides (``workers=0``: a plain loop in this process) and for manifests and
+    Dask clusters. Slides whose outputs are all present in ``out_dir`` are
+    skipped unless ``overwrite``; outputs are replaced file by file (each
+    atomically) only once a slide's new heatmap is computed, so an earlier
+    set is never removed before the model is known to work. Each process
+    loads the model once.
 
     Parameters
     ----------
     tasks : sequence of SlideTask
+        ``name`` names the outputs (``NAME.png``, ...).
     model_path : path-like
         Saved wsiheat model (``.keras``).
     out_dir : path-like
         Output folder (created if missing).
-    workers, scheduler, retries, progress, resources, client
-        See :func:`run_slides` (``resources={"GPU": 1}`` for one-GPU workers).
+    workers, scheduler, retries, progress, resources, client, on_result
+        See :func:`wsiheat.scale.runner.run_slides` (``resources={"GPU": 1}`` for one-GPU workers).
+    overwrite : bool
+        Redo slides whose outputs exist.
+    window_progress : bool
+        A bar over each slide's windows (in this process only: ``workers=0``).
     **options
-        Keyword options of :func:`wsiheat.inference.heatmap.heatmap_slide` (batch_size,
+        Keyword options of :func:`wsiheat.inference.heatmap.compute_heatmap` (batch_size,
         tta, tissue_threshold, lesion_threshold, ...), and ``precision``
         (the model's compute precision, :data:`wsiheat.models.model.INFER_PRECISIONS`).
 
@@ -263,11 +281,11 @@ def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_
     tasks = list(tasks)
     _check_unique(tasks, "slides")
     read_metadata(model_path)  # fail fast on a bad model file, here rather than on every worker
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fn = functools.partial(heatmap_task, model_path=str(Path(model_path).resolve()), out_dir=str(out),
-                           options=options)
+    out = ensure_out_dir(out_dir)
+    distributed = bool(workers or scheduler or client)  # other processes: an absolute model path
+    fn = functools.partial(heatmap_task, model_path=str(Path(model_path).resolve() if distributed else model_path),
+                           out_dir=str(out), options={**options, "progress": window_progress and not distributed})
     results = run_slides(tasks, fn, workers=workers, scheduler=scheduler, retries=retries, desc="heatmap",
-                         is_done=lambda t: outputs_exist(out, t.name), progress=progress,
-                         resources=resources, client=client)
+                         is_done=None if overwrite else (lambda t: outputs_exist(out, t.name)), progress=progress,
+                         resources=resources, client=client, on_result=on_result)
     return {"results": results, "out_dir": str(out), "seconds": time.perf_counter() - t0}

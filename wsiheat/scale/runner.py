@@ -23,17 +23,20 @@ def _timed(fn: Callable, task: SlideTask) -> tuple[dict, float, str]:
 
 
 class _Progress:
-    def __init__(self, total: int, desc: str, enabled: bool):
+    def __init__(self, total: int, desc: str, enabled: bool, on_result=None):
         from tqdm import tqdm
 
         self.counts = {"done": 0, "failed": 0, "skipped": 0}
         self.running = 0
+        self.on_result = on_result
         self.bar = tqdm(total=total, unit="slide", desc=desc, disable=not enabled, dynamic_ncols=True)
 
-    def finish(self, status: str) -> None:
-        self.counts[status] += 1
+    def finish(self, result: SlideResult) -> None:
+        self.counts[result.status] += 1
         self.bar.update(1)
         self.show()
+        if self.on_result is not None:
+            self.on_result(result)
 
     def show(self) -> None:
         self.bar.set_postfix(done=self.counts["done"], failed=self.counts["failed"], running=self.running,
@@ -70,7 +73,8 @@ def start_client(workers: int = 0, scheduler: str | None = None):
 def run_slides(tasks: Sequence[SlideTask], fn: Callable[[SlideTask], dict], *, workers: int = 0,
                scheduler: str | None = None, retries: int = 1, desc: str = "slides",
                is_done: Callable[[SlideTask], bool] | None = None, progress: bool = True,
-               resources: dict | None = None, client=None) -> list[SlideResult]:
+               resources: dict | None = None, client=None,
+               on_result: Callable[[SlideResult], None] | None = None) -> list[SlideResult]:
     """Run ``fn(task)`` for every slide, in process or on a Dask cluster.
 
     Parameters
@@ -100,6 +104,9 @@ def run_slides(tasks: Sequence[SlideTask], fn: Callable[[SlideTask], dict], *, w
         started with ``--resources GPU=1``).
     client : dask.distributed.Client, optional
         Use this client (tests, notebooks) instead of starting one.
+    on_result : callable, optional
+        Called with each slide's :class:`SlideResult` as soon as it is known
+        (skipped, done or failed), in this process.
 
     Returns
     -------
@@ -112,13 +119,13 @@ def run_slides(tasks: Sequence[SlideTask], fn: Callable[[SlideTask], dict], *, w
         raise WsiheatError(f"workers must be >= 0, got {workers}")
     tasks = list(tasks)
     results: list[SlideResult | None] = [None] * len(tasks)
-    prog = _Progress(len(tasks), desc, progress)
+    prog = _Progress(len(tasks), desc, progress, on_result)
     try:
         todo = []
         for i, t in enumerate(tasks):
             if is_done is not None and is_done(t):
                 results[i] = SlideResult(t.name, "skipped")
-                prog.finish("skipped")
+                prog.finish(results[i])
             else:
                 todo.append(i)
         if not todo:
@@ -161,7 +168,7 @@ def _run_local(tasks, todo, fn, retries, results, prog) -> None:
         else:
             results[i] = SlideResult(t.name, "failed", errors[-1], secs, {}, retries + 1, errors)
         prog.running = 0
-        prog.finish(results[i].status)
+        prog.finish(results[i])
 
 
 def _run_dask(client, tasks, todo, fn, retries, results, prog, resources, desc) -> None:
@@ -201,4 +208,4 @@ def _run_dask(client, tasks, todo, fn, retries, results, prog, resources, desc) 
         fut.release()
         slots = max(1, sum(client.nthreads().values()))
         prog.running = min(len(futures), slots)
-        prog.finish(results[i].status)
+        prog.finish(results[i])

@@ -168,7 +168,10 @@ class SlideResult:
 
 
 def _error_text(exc: BaseException) -> str:
+    """One line: a user error's own message; any other exception's type, then its message."""
     text = " ".join(str(exc).split())
+    if isinstance(exc, WsiheatError) and text:
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
