@@ -279,3 +279,19 @@ def test_backbone_shapes_and_validation() -> None:
         inception_v3_backbone((74, 80, 3))
     with pytest.raises(ValueError, match="variant='resnet'"):
         inception_v3_backbone(variant="resnet")
+
+
+def test_imagenet_weights_are_loaded_when_cached(converted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """build_model(weights="imagenet") starts from the cached converted weights, not from random."""
+    import shutil
+
+    from wsiheat.models.model import build_model
+
+    monkeypatch.setenv("WSIHEAT_CACHE", str(tmp_path / "cache"))
+    converted_path().parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(converted, converted_path())
+    a = build_model(1, 75, weights="imagenet").get_layer("tower0").get_layer("stem_conv")
+    b = build_model(1, 75, weights="imagenet").get_layer("tower0").get_layer("stem_conv")
+    c = build_model(1, 75, weights="none").get_layer("tower0").get_layer("stem_conv")
+    assert np.array_equal(a.get_weights()[0], b.get_weights()[0])  # not a random start
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
