@@ -1,4 +1,4 @@
-"""cli.evaluate (split from wsiheat.cli)."""
+"""CLI command group ``evaluate``: ``patches``, ``slides``, ``froc``, ``tune``, ``fit-scorer``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""cli.extract (split from wsiheat.cli)."""
+"""CLI commands that make windows and slides: ``tissue``, ``extract``, ``import``, ``mosaic``."""
 
 from __future__ import annotations
 

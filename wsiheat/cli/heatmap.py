@@ -1,4 +1,4 @@
-"""cli.heatmap (split from wsiheat.cli)."""
+"""CLI command ``heatmap``: one slide, a list or a manifest, through :func:`wsiheat.scale.batch.heatmap_many`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""cli.options (split from wsiheat.cli)."""
+"""Options and parsing shared by the CLI commands (number lists, scale-out options, intervals)."""
 
 from __future__ import annotations
 

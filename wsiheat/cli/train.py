@@ -1,4 +1,4 @@
-"""cli.train (split from wsiheat.cli)."""
+"""CLI commands ``train`` and ``weights``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,65 @@
-"""evaluation.froc (split from wsiheat.evaluation.reports)."""
+"""The CAMELYON16 lesion-level FROC, as the challenge's ``Evaluation_FROC.py`` computes it.
+
+A re-implementation of the challenge's ``Evaluation_FROC.py`` (Babak Ehteshami
+Bejnordi, 2016), with the same constants and quirks. With ``mpp`` the level-0
+pixel size (0.243 µm in CAMELYON16, option ``--mpp``) and the evaluation level
+``L = 5`` (downsample ``2**5 = 32``):
+
+1. **Evaluation mask** (``computeEvaluationMask``) -- :func:`evaluation_mask`.
+   The tumor mask at level 5: ``ceil(H/32) x ceil(W/32)`` pixels, taken from
+   :meth:`GroundTruth.level_mask(5) <wsiheat.wsi.annotations.groundtruth.GroundTruth.level_mask>`:
+   a mask TIFF's stored level 5 (at its own downsample 32, whatever OpenSlide's
+   rounded ``level_downsamples`` say), or for XML/JSON polygons the level 5 of
+   the mask ASAP's AnnotationToMask would write. The official code reads
+   level 5 of the mask TIFF with OpenSlide and computes
+   ``distance_transform_edt(255 - mask)``, i.e. the Euclidean distance (in
+   level-5 pixels) of every non-tumor pixel to the nearest tumor pixel; it
+   keeps ``distance < 75 / (mpp * 2**L * 2)`` (= 4.8225 px for 0.243 µm:
+   the "75 µm" margin is halved by the ``* 2``, so tumor is grown by a 37.5 µm
+   radius). Then ``scipy.ndimage.binary_fill_holes`` and
+   ``skimage.measure.label(connectivity=2)`` (8-connectivity). Each label is
+   one lesion. (Internally the distance transform runs on the bounding box of
+   the tumor plus a margin; that gives the same labels, same numbering.)
+2. **Isolated tumor cells** (``computeITCList``) -- :func:`itc_labels`. A
+   lesion whose ``regionprops`` major axis length (level-5 pixels) is below
+   ``275 / (mpp * 2**L)`` (= 35.37 px: 200 µm plus 75 µm of growth -- note that
+   this threshold is *not* halved, unlike the margin above, although the
+   actual growth is 2 x 37.5 µm) is an ITC.
+3. **Matching** (``compute_FP_TP_Probs``) -- :func:`match_detections`. A
+   detection ``(prob, x, y)`` in level-0 integer pixels looks up
+   ``label = mask[y // 32, x // 32]`` (Python-2 integer division in the
+   official code; float coordinates here are truncated to integers first, as
+   ``int()`` would). Label 0: a false positive (its probability joins the FP
+   list). A non-ITC label: the lesion's probability becomes the maximum of
+   the detections on it (so a second hit on the same lesion is neither a TP
+   nor an FP). An ITC label: ignored entirely. The per-slide TP list has one
+   entry per label *including ITC labels*, which stay 0, and missed lesions
+   stay 0 too. On slides without tumor every detection is a false positive.
+   The number of lesions counted is ``max_label - number of ITCs``.
+4. **Curve** (``computeFROC``) -- :func:`froc_curve`. FP and TP
+   probabilities are pooled over all slides. Thresholds are the sorted
+   unique pooled values **with the lowest one skipped**
+   (``all_probs[1:]``; since missed lesions and ITCs contribute zeros, the
+   skipped value is usually 0). For each threshold ``t``: FPs per slide =
+   ``#(FP >= t) / number of slides`` and sensitivity = ``#(TP >= t) /
+   total lesions``; a final point (0, 0) is appended.
+5. **Score** -- :func:`froc_score`. ``np.interp([0.25, 0.5, 1, 2, 4, 8],
+   fps[::-1], sens[::-1])`` (linear interpolation, flat beyond the ends, the
+   reversed arrays exactly as in the official code), and the final score is
+   the mean of these six sensitivities.
+
+Lesion scores are float32 and false-positive scores float64, as in the
+official code (its ``TP_probs`` array is float32): a lesion and a false
+positive that tie in a CSV (``0.300000``) are two thresholds; see
+:func:`froc_curve`. Deviations, all deliberate: a slide
+is a tumor slide when its ground truth marks tumor (the official code looks
+at the file name prefix ``Tumor``). Bad input that the official script would
+silently accept or crash on is refused with a one-line error: a detection
+outside the slide, NaN or probabilities outside [0, 1], an empty detection
+file (unless ``allow_empty``, or the slide's heatmap JSON records
+``"lesions": 0``: wsiheat found no candidate above its threshold), slide names without ground truth or without
+detections.
+"""
 
 from __future__ import annotations
 

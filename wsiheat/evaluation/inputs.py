@@ -1,4 +1,8 @@
-"""evaluation.inputs (split from wsiheat.evaluation.reports)."""
+"""Reading evaluation inputs: reference CSVs, heatmap result folders, detection CSVs, ground-truth files.
+
+Every reader checks what it reads and raises a one-line :class:`wsiheat.errors.WsiheatError`
+naming the file (and row) on bad input. Slides are matched by :func:`wsiheat.wsi.slide.slide_name`.
+"""
 
 from __future__ import annotations
 

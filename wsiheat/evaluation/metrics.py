@@ -1,4 +1,11 @@
-"""evaluation.metrics (split from wsiheat.evaluation.reports)."""
+"""Metrics over arrays: ROC AUC (from ranks), ROC curve, Youden threshold, binary metrics, bootstrap intervals.
+
+Pure functions of labels and scores; scikit-learn is not used. The AUC is the
+Mann-Whitney statistic computed from ranks with ties averaged (a tied
+tumor/normal pair counts 1/2), which equals the area under the trapezoidal
+ROC curve. The intervals are percentile bootstraps, seeded, resampling the
+units given (slides or patients, not windows, which are not independent).
+"""
 
 from __future__ import annotations
 

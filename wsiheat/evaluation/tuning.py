@@ -1,4 +1,9 @@
-"""evaluation.tuning (split from wsiheat.evaluation.reports)."""
+"""Choosing the post-processing on validation slides: ``evaluate tune`` and ``evaluate fit-scorer``.
+
+Both re-score the raw maps (``NAME.h5``) without running a model: :func:`tune_postprocessing`
+grids smoothing, lesion threshold and suppression radius; :func:`fit_scorer` fits a
+:class:`wsiheat.postprocess.scorer.LesionScorer` on every tissue cell.
+"""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""wsiheat.inference."""
+"""Inference: a model loaded once (HeatmapModel), tissue-only heatmaps in memory, their output files."""

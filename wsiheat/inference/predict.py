@@ -1,4 +1,11 @@
-"""inference.predict (split from wsiheat.inference.outputs, wsiheat.evaluation.reports)."""
+"""Running a model on windows: geometry from the model's metadata, tissue cells, batches, TTA.
+
+:func:`spec_from_metadata` turns a model's metadata into the window geometry for a slide;
+:func:`tissue_cells` picks the heatmap cells on tissue; :func:`make_predict_fn` compiles an
+inference function on fixed-size uint8 batches (optionally averaging the 8 dihedral views);
+:func:`predict_cells` reads tiles of cells in background threads while the model runs;
+:func:`predict_patches` runs a model over a patches file.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""postprocess.lesions (split from wsiheat.inference.outputs, wsiheat.evaluation.reports)."""
+"""From a raw heatmap to lesion points and slide scores: smoothing, the lesion map, non-maximum suppression.
+
+:func:`postprocess` is the sequence ``wsiheat heatmap`` runs (lesion map, then lesion points);
+:func:`map_score` is the slide score (the lesion map's maximum over tissue);
+:func:`slide_scores` adds the top-k mean and tumor area; :func:`postprocess_scores` replays
+the sequence on stored maps for ``evaluate tune`` and ``fit-scorer``.
+"""
 
 from __future__ import annotations
 

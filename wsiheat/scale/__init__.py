@@ -1,1 +1,1 @@
-"""wsiheat.scale."""
+"""Scale out: many slides in this process or on a Dask cluster (extract, heatmap), resumable."""

@@ -1,10 +1,8 @@
-"""Scale out: many slides over processes and machines (Dask), multi-worker training.
+"""Many slides over processes and machines (Dask): ``extract_many`` and ``heatmap_many``.
 
-Many slides
------------
 Every slide is an independent task: a pure function of its inputs whose
 outputs are written atomically (:func:`wsiheat.fileio.atomic_path`). The
-runner :func:`run_slides` executes the tasks
+runner :func:`wsiheat.scale.runner.run_slides` executes the tasks
 
 * ``workers=0`` (default): in this process, one after the other; Dask is not
   even imported;
@@ -29,11 +27,6 @@ Heatmaps (:func:`heatmap_many`) write each slide's outputs into the output
 folder; slides whose outputs are all present are skipped. A worker process
 loads the model once (:func:`cached_model`) and reuses it for all its slides.
 
-Training
---------
-:func:`select_strategy` chooses the ``tf.distribute`` strategy:
-``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` lists several workers,
-``MirroredStrategy`` with more than one local GPU, else the default strategy.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""scale.runner (split from wsiheat.scale.batch)."""
+"""The many-slide runner: one task per slide, in this process or on a Dask cluster.
+
+:func:`run_slides` runs a picklable ``fn(task)`` for every :class:`wsiheat.scale.tasks.SlideTask`:
+in a plain loop (``workers=0``; Dask is not even imported), on a local cluster of worker
+processes, or on an existing scheduler. Failing slides are retried and reported, finished
+slides are skipped, so re-running resumes.
+"""
 
 from __future__ import annotations
 

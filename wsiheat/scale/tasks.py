@@ -1,4 +1,8 @@
-"""scale.tasks (split from wsiheat.scale.batch)."""
+"""Slide tasks and their results: manifests, slide lists and the status table.
+
+A manifest is a CSV with a ``slide`` column and optional ``ground_truth``, ``name`` and
+``split`` columns; relative paths are relative to the manifest.
+"""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""wsiheat.training."""
+"""Training: streaming datasets with augmentation, the training loop, distribution strategies."""

@@ -1,4 +1,10 @@
-"""training.distribute (split from wsiheat.scale.batch)."""
+"""Distributed training: the ``tf.distribute`` strategy, ``TF_CONFIG``, and the multi-worker step loop.
+
+:func:`select_strategy` chooses ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` lists
+several workers, ``MirroredStrategy`` with more than one local GPU, else the default
+strategy. :class:`StepRunner` and :func:`train_steps` run the custom step loop of
+multi-worker training; metrics are all-reduced from binned statistics.
+"""
 
 from __future__ import annotations
 

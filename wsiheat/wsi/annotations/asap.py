@@ -1,4 +1,7 @@
-"""wsi.annotations.asap (split from wsiheat.wsi.annotations.groundtruth, wsiheat.patches.mosaic)."""
+"""ASAP XML annotations (CAMELYON16): the reader and the writer.
+
+Groups ``Tumor``, ``_0`` and ``_1`` are tumor; ``_2`` (and ``Exclusion``, ``Normal``, ...) are holes.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""wsi.annotations.jsonfmt (split from wsiheat.wsi.annotations.groundtruth)."""
+"""JSON annotations: CAMELYON16 JSON (``positive``/``negative`` polygons) and GeoJSON (QuPath)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""wsi.annotations.raster (split from wsiheat.wsi.annotations.groundtruth)."""
+"""Polygons to masks: the pixel-centre rule for training labels, ASAP's rule for the CAMELYON16 evaluation mask.
+
+Nothing is rasterized at full level-0 size: only the requested region at the requested
+downsample, or a pyramid level evaluated at its sample points within each polygon's box.
+"""
 
 from __future__ import annotations
 
