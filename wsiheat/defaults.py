@@ -18,6 +18,8 @@ TISSUE_THRESHOLD = 0.75
 #: normal windows kept per tumor window, and at most this many per slide
 NORMAL_RATIO = 1.0
 MAX_NORMAL = 1000
+#: downsample (relative to level 0) at which the Otsu tissue mask is computed
+TISSUE_MASK_DOWNSAMPLE = 32.0
 
 # -- model and training ------------------------------------------------------------------
 #: backbone of every tower (see :mod:`wsiheat.models.backbones`)

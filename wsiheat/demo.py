@@ -14,21 +14,24 @@
    ``reports/``.
 
 ``--quick`` is a reduced run for tests: a tiny backbone and a few steps.
+The library reports its steps through ``say`` (logging by default); it never prints.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import click
+from typing import Callable
 
 from wsiheat.errors import WsiheatError
+
+log = logging.getLogger(__name__)
 
 #: Tower levels of the demo mosaics (2.5 and 5 µm/px).
 DEMO_LEVELS = (0, 1)
@@ -61,18 +64,13 @@ def read_mosaic_folder(folder: Path) -> list[DemoSlide]:
     return out
 
 
-def _step(title: str) -> float:
-    click.secho(f"\n== {title}", bold=True)
-    return time.time()
-
-
-def _done(t0: float, what: str) -> None:
-    click.echo(f"   {what} ({time.time() - t0:.0f} s)")
+def _log(line: str) -> None:
+    log.info(line.strip())
 
 
 def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: bool = False,
              epochs: int | None = None, steps_per_epoch: int | None = None, seed: int = 0,
-             weights: str = "auto") -> dict:
+             weights: str = "auto", say: Callable[[str], None] = _log) -> dict:
     """Run extract -> train -> heatmap -> evaluate on the demo data.
 
     Parameters
@@ -85,19 +83,33 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
         Reduced run (tiny backbone, a few training steps) for tests.
     weights : {"auto", "imagenet", "none"}
         ``auto``: ImageNet weights when cached, else random init (said clearly).
+    say : callable
+        Receives one line per step and per slide (steps start with ``"== "``);
+        default: the module's logger at INFO level. The CLI prints them.
 
     Returns
     -------
     dict
         Summary with the output paths and the headline metrics.
     """
+    def step(title: str) -> float:
+        say(f"== {title}")
+        return time.time()
+
+    def done(t0: float, what: str) -> None:
+        say(f"   {what} ({time.time() - t0:.0f} s)")
+
+    return _run(Path(data_dir), Path(out_dir), quick, epochs, steps_per_epoch, seed, weights, say, step, done)
+
+
+def _run(data_dir: Path, out: Path, quick: bool, epochs, steps_per_epoch, seed: int, weights: str,
+         say: Callable[[str], None], _step: Callable[[str], float], _done: Callable[[float, str], None]) -> dict:
     from wsiheat.evaluation.reports import evaluate_froc, evaluate_patches, evaluate_slides
-    from wsiheat.inference.heatmap import HeatmapWarning, heatmap_slide
-    from wsiheat.models.model import load_model
+    from wsiheat.inference.engine import HeatmapModel
+    from wsiheat.inference.heatmap import HeatmapWarning
     from wsiheat.patches.extract import extract_to_file
     from wsiheat.training.train import TrainConfig, train
 
-    data_dir, out = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise WsiheatError(f"{data_dir}: no such folder")
     train_slides = read_mosaic_folder(data_dir / "mosaics" / "train")
@@ -117,14 +129,14 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
             st = extract_to_file(s.slide, s.ground_truth if s.label else None, h5, levels=DEMO_LEVELS,
                                  tissue_threshold=0.5, max_normal=200 if quick else 400, seed=seed,
                                  progress=False)
-            click.echo(f"   {s.slide.name}: {st.get('kept_tumor', 0)} tumor + "
-                       f"{st.get('kept_normal', 0)} normal windows -> {h5.name}")
+            say(f"   {s.slide.name}: {st.get('kept_tumor', 0)} tumor + "
+                f"{st.get('kept_normal', 0)} normal windows -> {h5.name}")
     _done(t0, "extracted")
 
     # 2. train -----------------------------------------------------------------
     t0 = _step("2/4 train: multi-tower InceptionV3")
     weights_used, why = _choose_weights(weights, quick)
-    click.echo(f"   weights: {weights_used}{' (' + why + ')' if why else ''}")
+    say(f"   weights: {weights_used}{' (' + why + ')' if why else ''}")
     cfg = TrainConfig(
         epochs=epochs or (1 if quick else 6),
         steps_per_epoch=steps_per_epoch or (3 if quick else 40),
@@ -145,16 +157,16 @@ def run_demo(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, quick: 
     hm_dir, real_dir = out / "heatmaps", out / "heatmaps_real"
     hm_dir.mkdir(exist_ok=True)
     real_dir.mkdir(exist_ok=True)
-    model, meta = load_model(model_path)
+    engine = HeatmapModel.load(model_path)
     jobs = [(s.slide, hm_dir) for s in test_slides] + [(p, real_dir) for p in real_slides]
     for path, folder in jobs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", HeatmapWarning)  # reported from res["warnings"]
-            res = heatmap_slide(path, model, meta, folder, model_path=str(model_path))
+            res = engine.predict_slide(path).save(folder)
         for w in res["warnings"]:
-            click.echo(f"   note: {w}")
-        click.echo(f"   {path.name}: score {res['score']:.3f}, {res['cells_evaluated']} cells, "
-                   f"{res['patches_per_second']:.0f} patches/s")
+            say(f"   note: {w}")
+        say(f"   {path.name}: score {res['score']:.3f}, {res['cells_evaluated']} cells, "
+            f"{res['patches_per_second']:.0f} patches/s")
     _done(t0, f"heatmaps -> {hm_dir} (test mosaics), {real_dir} (real slides)")
 
     # 4. evaluate --------------------------------------------------------------

@@ -35,7 +35,7 @@ def _extract_many_cli(scale: dict, slide, ground_truth, output, quiet, replace, 
 @click.argument("slide", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str),
               help="PNG: the tissue mask drawn over a thumbnail of the slide.")
-@click.option("--downsample", default=32.0, show_default=True, type=float,
+@click.option("--downsample", default=defaults.TISSUE_MASK_DOWNSAMPLE, show_default=True, type=float,
               help="Mask resolution relative to level 0 (level-0 pixels per mask pixel).")
 @click.option("--mask-out", default=None, type=click.Path(path_type=str),
               help="Also write the bare mask as a PNG (255 = tissue), one pixel per mask cell.")
@@ -48,30 +48,13 @@ def tissue_cmd(slide: str, output: str, downsample: float, mask_out: str | None,
     Example:
       wsiheat tissue slide.svs -o tissue.png --mask-out mask.png
     """
-    import cv2
-
-    from wsiheat.fileio import atomic_path, check_writable_dir
-    from wsiheat.wsi.slide import Slide
-    from wsiheat.wsi.tissue import overlay_mask, tissue_mask
+    from wsiheat.wsi.tissue import write_tissue_pictures
 
     if downsample <= 0:
         raise WsiheatError(f"--downsample must be positive, got {downsample:g}")
     if thumbnail_size < 16:
         raise WsiheatError(f"--thumbnail-size must be at least 16, got {thumbnail_size}")
-    for out in (output, mask_out):
-        if out is not None:
-            check_writable_dir(out)
-    with Slide(slide) as s:
-        tm = tissue_mask(s, downsample)
-        thumb, _ = s.thumbnail(max(thumbnail_size, 1))
-    image = overlay_mask(thumb, tm.mask)
-    with atomic_path(output, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise WsiheatError(f"{output}: could not write the PNG")
-    if mask_out is not None:
-        with atomic_path(mask_out, suffix=".png") as tmp:
-            if not cv2.imwrite(str(tmp), tm.mask.astype("uint8") * 255):
-                raise WsiheatError(f"{mask_out}: could not write the PNG")
+    tm = write_tissue_pictures(slide, output, mask_out, downsample=downsample, thumbnail_size=thumbnail_size)
     h, w = tm.mask.shape
     click.echo(f"{slide}: tissue fraction {tm.fraction:.3f} (mask {w}x{h} at downsample {tm.downsample:g}) "
                f"-> {output}" + (f", {mask_out}" if mask_out else ""))
@@ -217,46 +200,17 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
     Example:
       wsiheat mosaic data/idc -o mosaics --slides 10 --normal 4 --split test --seed 1
     """
-    import json as _json
-
-    from wsiheat.fileio import atomic_path
-    from wsiheat.patches.idc import parse_fractions, split_patients
+    from wsiheat.patches.idc import choose_patients
     from wsiheat.patches.mosaic import build_mosaic_set
 
-    record: dict = {"seed": seed}
-    if val_model is not None:
-        if patients:
-            raise click.UsageError("give --patients or --val-patients-of, not both")
-        from wsiheat.models.model import read_metadata
-
-        val = (read_metadata(val_model).get("training_data") or {}).get("val_slides") or []
-        if not val:
-            raise WsiheatError(f"{val_model}: the model records no validation slides (trained before "
-                               f"wsiheat recorded them?); give --patients")
-        patients = ",".join(val)
-        split = "val" if split == "test" else split
-        record.update(val_patients_of=str(val_model))
-    if patients:
-        chosen = sorted({p.strip() for p in patients.split(",") if p.strip()})
-        if not chosen:
-            raise WsiheatError(f"--patients: no patient ID in {patients!r}")
-        split = "custom" if split == "test" else split
-        record.update(split=split, patients=chosen)
-    else:
-        fractions = parse_fractions(split_fractions)
-        sseed = split_seed
-        splits = split_patients(idc_dir, fractions, sseed)
-        if split not in splits:
-            raise WsiheatError(f"--split: {split!r} is not one of the splits "
-                               f"{', '.join(splits)} (from --split-fractions {split_fractions})")
-        chosen = splits[split]
-        record.update(split=split, split_seed=sseed, fractions=fractions, splits=splits)
+    if val_model is not None and patients:
+        raise click.UsageError("give --patients or --val-patients-of, not both")
+    chosen, split, record = choose_patients(idc_dir, split=split, split_fractions=split_fractions,
+                                            split_seed=split_seed, val_model=val_model,
+                                            patients=patients.split(",") if patients else None)
     infos = build_mosaic_set(idc_dir, out_dir, chosen, n_slides, n_normal, seed, split=split,
-                             grid=_parse_grid(grid), scale=scale, n_islands=n_islands,
-                             n_tumors=n_tumors, compression=compression, quality=quality)
-    from pathlib import Path as _Path
-    with atomic_path(_Path(out_dir) / "split.json") as tmp:
-        tmp.write_text(_json.dumps(record, indent=1), encoding="utf-8")
+                             grid=_parse_grid(grid), scale=scale, n_islands=n_islands, n_tumors=n_tumors,
+                             compression=compression, quality=quality, split_record={"seed": seed, **record})
     total = 0
     click.echo(f"{len(chosen)} patients of split {split!r}; {len(infos)} slides in {out_dir}:")
     for info in infos:

@@ -7,6 +7,7 @@ printed as one line ``wsiheat: error: ...`` with exit status 2, no traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -57,8 +58,14 @@ def demo_cmd(data_dir: str, out_dir: str, quick: bool, weights: str, epochs: int
     """
     from wsiheat.demo import run_demo
 
+    def say(line: str) -> None:
+        if line.startswith("== "):
+            click.secho(f"\n{line}", bold=True)
+        else:
+            click.echo(line)
+
     s = run_demo(data_dir, out_dir, quick=quick, weights=weights, epochs=epochs,
-                 steps_per_epoch=steps_per_epoch, seed=seed)
+                 steps_per_epoch=steps_per_epoch, seed=seed, say=say)
 
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
@@ -82,8 +89,6 @@ def demo_cmd(data_dir: str, out_dir: str, quick: bool, weights: str, epochs: int
     click.echo(f"Summary: {Path(out_dir) / 'demo_summary.json'}")
 
 
-
-
 #: Subcommands that load TensorFlow.
 TF_COMMANDS = {"train", "heatmap", "evaluate", "weights", "demo"}
 
@@ -105,12 +110,29 @@ def _import_tensorflow_for(command: str) -> None:
     import_tensorflow_quietly(run_op=not multi)
 
 
+class _EchoHandler(logging.Handler):
+    """The library's log lines on the console: INFO as they are, WARNING with ``wsiheat: warning:``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        click.echo(msg if record.levelno < logging.WARNING else f"wsiheat: warning: {msg}", err=True)
+
+
+def _show_library_log() -> None:
+    logger = logging.getLogger("wsiheat")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn user errors into one line."""
     args = sys.argv[1:] if argv is None else list(argv)
     # Quieten TensorFlow's C++ log lines (oneDNN/CUDA notes) on the console; Python
     # exceptions are unaffected. Users can override by setting the variable themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _show_library_log()
     try:
         if any(a in TF_COMMANDS for a in args[:1]) and not any(a in ("-h", "--help") for a in args):
             _import_tensorflow_for(args[0])

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from wsiheat import defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.sampling import Grid, WindowSpec, read_windows
 from wsiheat.wsi.slide import DOWNSAMPLE_TOLERANCE, Slide
@@ -80,7 +81,7 @@ def resampled_towers(slide: Slide, spec: WindowSpec) -> list[float]:
 
 
 def tissue_cells(slide: Slide, spec: WindowSpec, threshold: float = 0.0,
-                 mask_downsample: float = 32.0) -> tuple[Grid, np.ndarray]:
+                 mask_downsample: float = defaults.TISSUE_MASK_DOWNSAMPLE) -> tuple[Grid, np.ndarray]:
     """The heatmap grid and its tissue cells.
 
     Parameters

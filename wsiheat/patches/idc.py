@@ -272,3 +272,48 @@ def split_patients(idc_dir: str | os.PathLike, fractions: dict[str, float],
         raise WsiheatError(f"{idc_dir}: split {empty[0]!r} gets no patient out of {n}; "
                            f"raise its fraction")
     return out
+
+
+def choose_patients(idc_dir: str | os.PathLike, *, split: str = "test", split_fractions: str = "train=0.8,test=0.2",
+                    split_seed: int = 0, patients: Sequence[str] | None = None,
+                    val_model: str | os.PathLike | None = None) -> tuple[list[str], str, dict]:
+    """The patients a mosaic set is drawn from, and a record of how they were chosen.
+
+    One of: the validation patients a model recorded (``val_model``), an
+    explicit list (``patients``), or one split of :func:`split_patients`.
+
+    Returns
+    -------
+    patients : list of str
+    split : str
+        The split name to write (``val`` / ``custom`` replace the default ``test``).
+    record : dict
+        What ``split.json`` holds.
+    """
+    record: dict = {}
+    if val_model is not None:
+        if patients:
+            raise WsiheatError(f"{val_model}: give a patient list or a model's validation patients, not both")
+        from wsiheat.models.model import read_metadata
+
+        val = (read_metadata(val_model).get("training_data") or {}).get("val_slides") or []
+        if not val:
+            raise WsiheatError(f"{val_model}: the model records no validation slides (trained before "
+                               f"wsiheat recorded them?); give the patients")
+        patients = list(val)
+        split = "val" if split == "test" else split
+        record.update(val_patients_of=str(val_model))
+    if patients:
+        chosen = sorted({p.strip() for p in patients if p.strip()})
+        if not chosen:
+            raise WsiheatError(f"patients {list(patients)!r}: no patient ID")
+        split = "custom" if split == "test" else split
+        record.update(split=split, patients=chosen)
+        return chosen, split, record
+    fractions = parse_fractions(split_fractions)
+    splits = split_patients(idc_dir, fractions, split_seed)
+    if split not in splits:
+        raise WsiheatError(f"split {split!r} is not one of the splits {', '.join(splits)} "
+                           f"(from the fractions {split_fractions})")
+    record.update(split=split, split_seed=split_seed, fractions=fractions, splits=splits)
+    return splits[split], split, record

@@ -603,7 +603,7 @@ def _slide_seed(seed: int, i: int) -> int:
 
 def build_mosaic_set(idc_dir: str | os.PathLike, out_dir: str | os.PathLike, patients: Sequence[str],
                      n_slides: int, n_normal: int, seed: int, *, split: str = "test",
-                     prefix: str | None = None, progress: bool = True,
+                     prefix: str | None = None, progress: bool = True, split_record: dict | None = None,
                      **mosaic_kwargs) -> list[MosaicInfo]:
     """Build several mosaic slides, their ground truth, a manifest and labels.
 
@@ -616,7 +616,9 @@ def build_mosaic_set(idc_dir: str | os.PathLike, out_dir: str | os.PathLike, pat
       for normal slides; ``mask`` is given for every slide (all zero for
       normal slides);
     * ``labels.csv``: ``slide,label`` -- slide name (file stem), 1 = tumor,
-      0 = normal.
+      0 = normal;
+    * ``split.json``: ``split_record`` (how the patients were chosen,
+      :func:`wsiheat.patches.idc.choose_patients`), when given.
 
     Parameters
     ----------
@@ -638,6 +640,8 @@ def build_mosaic_set(idc_dir: str | os.PathLike, out_dir: str | os.PathLike, pat
         File name prefix (default: ``split``).
     progress : bool
         Show a tqdm bar over slides.
+    split_record : dict, optional
+        Written as ``split.json``.
     **mosaic_kwargs
         Passed to :func:`build_mosaic` (``grid``, ``scale``, ``compression``...).
 
@@ -678,6 +682,9 @@ def build_mosaic_set(idc_dir: str | os.PathLike, out_dir: str | os.PathLike, pat
             w.writerow(["slide", "label"])
             for info in infos:
                 w.writerow([info.name, int(info.tumor)])
+    if split_record is not None:
+        with atomic_path(out / "split.json") as tmp:
+            tmp.write_text(json.dumps(split_record, indent=1), encoding="utf-8")
     return infos
 
 

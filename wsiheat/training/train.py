@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -52,6 +53,8 @@ from wsiheat.training.dataset import (
     split_by_slide,
     steps_for,
 )
+
+log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("loss", "auc", "accuracy", "sensitivity", "specificity")
 
@@ -316,8 +319,7 @@ def _make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: lis
                 self.model.stop_training = True
                 state["epoch"] = stage_end  # go on with the next stage after a resume
                 state["wait"] = 0
-                print(f"early stopping: {monitor} did not improve for {patience} epoch(s)",
-                      file=sys.stderr)
+                log.info("early stopping: %s did not improve for %d epoch(s)", monitor, patience)
             _write_state(ckpt, state)
 
     return Checkpointer()
@@ -657,14 +659,13 @@ def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, v
                 state["wait"] = state.get("wait", 0) + 1
             state.update(epoch=epoch + 1, stage=stage)
             if progress:
-                print(f"epoch {epoch + 1}/{s1}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
-                      + f" ({row['seconds']:.1f} s)", file=sys.stderr)
+                log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, s1,
+                         ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), row["seconds"])
             stop = state["wait"] >= config.patience
             if stop:
                 state["epoch"] = s1
                 state["wait"] = 0
-                print(f"early stopping: {config.monitor} did not improve for {config.patience} "
-                      "epoch(s)", file=sys.stderr)
+                log.info("early stopping: %s did not improve for %d epoch(s)", config.monitor, config.patience)
             _write_state(ckpt, state)
             if stop:
                 break

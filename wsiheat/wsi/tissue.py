@@ -12,6 +12,7 @@ The mask is returned with its downsample: mask pixel ``(i, j)`` covers level-0
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,10 +22,11 @@ from scipy import ndimage
 from skimage import morphology
 from skimage.filters import threshold_otsu
 
+from wsiheat import defaults
 from wsiheat.wsi.slide import Slide
 
 #: Default downsample of the tissue mask relative to level 0.
-DEFAULT_MASK_DOWNSAMPLE = 32.0
+DEFAULT_MASK_DOWNSAMPLE = defaults.TISSUE_MASK_DOWNSAMPLE
 
 
 @dataclass(frozen=True)
@@ -210,3 +212,46 @@ def overlay_mask(rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] 
     contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, color, max(1, min(h, w) // 400))
     return out
+
+
+def write_tissue_pictures(slide_path: str | os.PathLike, output: str | os.PathLike,
+                          mask_out: str | os.PathLike | None = None, *,
+                          downsample: float = DEFAULT_MASK_DOWNSAMPLE, thumbnail_size: int = 2048) -> TissueMask:
+    """Compute a slide's tissue mask and write it over a thumbnail (PNG), and the mask itself if asked.
+
+    Parameters
+    ----------
+    slide_path : path-like
+    output : path-like
+        PNG of the thumbnail with the mask's outline and tint.
+    mask_out : path-like, optional
+        PNG of the mask (255 = tissue) at its own downsample.
+    downsample : float
+        Downsample of the mask relative to level 0.
+    thumbnail_size : int
+        Longer side of the thumbnail.
+
+    Returns
+    -------
+    TissueMask
+    """
+    import cv2
+
+    from wsiheat.errors import WsiheatError
+    from wsiheat.fileio import atomic_path, check_writable_dir
+
+    for out in (output, mask_out):
+        if out is not None:
+            check_writable_dir(out)
+    with Slide(slide_path) as s:
+        tm = tissue_mask(s, downsample)
+        thumb, _ = s.thumbnail(max(thumbnail_size, 1))
+    image = overlay_mask(thumb, tm.mask)
+    with atomic_path(output, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise WsiheatError(f"{output}: could not write the PNG")
+    if mask_out is not None:
+        with atomic_path(mask_out, suffix=".png") as tmp:
+            if not cv2.imwrite(str(tmp), tm.mask.astype("uint8") * 255):
+                raise WsiheatError(f"{mask_out}: could not write the PNG")
+    return tm
