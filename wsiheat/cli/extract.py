@@ -205,8 +205,13 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
 
     if val_model is not None and patients:
         raise click.UsageError("give --patients or --val-patients-of, not both")
+    val_patients = None
+    if val_model is not None:
+        from wsiheat.models.model import read_metadata
+
+        val_patients = (read_metadata(val_model).get("training_data") or {}).get("val_slides") or []
     chosen, split, record = choose_patients(idc_dir, split=split, split_fractions=split_fractions,
-                                            split_seed=split_seed, val_model=val_model,
+                                            split_seed=split_seed, val_model=val_model, val_patients=val_patients,
                                             patients=patients.split(",") if patients else None)
     infos = build_mosaic_set(idc_dir, out_dir, chosen, n_slides, n_normal, seed, split=split,
                              grid=_parse_grid(grid), scale=scale, n_islands=n_islands, n_tumors=n_tumors,

@@ -276,11 +276,13 @@ def split_patients(idc_dir: str | os.PathLike, fractions: dict[str, float],
 
 def choose_patients(idc_dir: str | os.PathLike, *, split: str = "test", split_fractions: str = "train=0.8,test=0.2",
                     split_seed: int = 0, patients: Sequence[str] | None = None,
-                    val_model: str | os.PathLike | None = None) -> tuple[list[str], str, dict]:
+                    val_model: str | os.PathLike | None = None,
+                    val_patients: Sequence[str] | None = None) -> tuple[list[str], str, dict]:
     """The patients a mosaic set is drawn from, and a record of how they were chosen.
 
-    One of: the validation patients a model recorded (``val_model``), an
-    explicit list (``patients``), or one split of :func:`split_patients`.
+    One of: the validation patients a model recorded (``val_patients``, read
+    from the metadata of the model file ``val_model``), an explicit list
+    (``patients``), or one split of :func:`split_patients`.
 
     Returns
     -------
@@ -294,9 +296,7 @@ def choose_patients(idc_dir: str | os.PathLike, *, split: str = "test", split_fr
     if val_model is not None:
         if patients:
             raise WsiheatError(f"{val_model}: give a patient list or a model's validation patients, not both")
-        from wsiheat.models.model import read_metadata
-
-        val = (read_metadata(val_model).get("training_data") or {}).get("val_slides") or []
+        val = list(val_patients or [])
         if not val:
             raise WsiheatError(f"{val_model}: the model records no validation slides (trained before "
                                f"wsiheat recorded them?); give the patients")
