@@ -242,6 +242,9 @@ def _check_slide(path: Path, summary: dict) -> str | None:
         with Slide(path) as s:
             dims = tuple(int(v) for v in s.dimensions)
             sname = s.name
+            # a truncated or damaged file may open and fail on reading: read a corner of the coarsest level
+            lw, lh = s.level_dimensions[-1]
+            s.read_region((0, 0), s.level_count - 1, (min(64, lw), min(64, lh)))
     except WsiheatError as exc:
         return str(exc)
     want = tuple(int(v) for v in summary.get("dimensions") or ())

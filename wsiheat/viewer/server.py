@@ -26,6 +26,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Self
 
+import openslide
 from flask import Flask, Response, abort, request
 
 from ..errors import WsiheatError
@@ -199,6 +200,8 @@ def create_app(catalog: Catalog, cache_bytes: int = 256 << 20) -> Flask:
                 data = make()
             except TileNotFound:
                 abort(404)
+            except (OSError, WsiheatError, openslide.OpenSlideError):
+                abort(500)  # an unreadable part of the slide: an error status, not a traceback page
             cache.put(key, data)
         resp = Response(data, mimetype=mimetype)
         resp.headers["Cache-Control"] = "private, max-age=600"
