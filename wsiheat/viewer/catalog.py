@@ -55,7 +55,8 @@ class SlideEntry:
     ground_truth : Path or None
         Ground-truth file, when given.
     label : int or None
-        1 tumor / 0 normal from ``--reference`` (else from the ground truth when given).
+        1 tumor / 0 normal from ``--reference``; else from the ground truth when
+        given (a manifest row without ground truth: normal).
     problem : str or None
         Why the slide cannot be shown (one line), None when it can.
     gt_problem : str or None
@@ -372,6 +373,8 @@ def build_catalog(results_dir: str | os.PathLike, slides: str | os.PathLike | No
 
         for e in entries:
             if e.ground_truth is None:
+                if str(e.summary.get("slide") or e.name) in slide_files:
+                    e.label = 0  # a manifest row without ground truth: a normal slide
                 continue
             try:
                 e.label = int(load_ground_truth(e.ground_truth, e.dimensions).has_tumor)
