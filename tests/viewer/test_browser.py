@@ -87,6 +87,7 @@ def test_slide_page_shows_canvas_and_loads_tiles(browser, server):
         assert w > 0, u
         status, body, _ = http_get(u)
         assert status == 200 and Image.open(io.BytesIO(body)).size[0] > 0
+    assert browser.execute_script("return window.wsiheatState.failedTiles") == 0
     # the canvas shows the slide, not a blank page
     px = shot(browser)
     assert px.std() > 10

@@ -5,7 +5,7 @@
   "use strict";
   var D = JSON.parse(document.getElementById("slide-data").textContent);
   var W = D.width;
-  var state = {cmap: D.colormaps[0], threshold: 0, opacity: 0.5, current: -1, heatmap: null};
+  var state = {cmap: D.colormaps[0], threshold: 0, opacity: 0.5, current: -1, heatmap: null, failedTiles: 0};
 
   function source(layer, query) {
     return {
@@ -34,6 +34,7 @@
     tileSources: [{tileSource: source(D.slide), x: 0, y: 0, width: D.slide.vpWidth}]
   });
   window.wsiheatViewer = viewer;
+  viewer.addHandler("tile-load-failed", function () { state.failedTiles += 1; });
   window.wsiheatState = state;
 
   function addHeatmap() {
