@@ -105,6 +105,7 @@ class Layers:
             layer = self._slides.get(entry.key)
             if layer is None:
                 layer = SlideLayer(entry.slide_path)
+                layer.warm()  # once per slide, with its page: then no tile waits for it
                 with self._lock:
                     while len(self._slides) >= self.max_open:
                         self._slides.pop(next(iter(self._slides))).close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -37,6 +38,9 @@ JPEG_QUALITY = 80
 COLORMAPS = ("inferno", "viridis", "magma", "turbo", "jet")
 #: most heatmap-layer pixels per heatmap cell
 PX_PER_CELL = 8
+#: largest deep-zoom level (pixels) a slide layer may hold in memory, and largest slide level
+#: read whole to make it, see :class:`SlideLayer`
+MEMORY_LEVEL_PIXELS, MEMORY_SOURCE_PIXELS = 2048 * 2048, 32 << 20
 
 
 class TileNotFound(LookupError):
@@ -146,12 +150,24 @@ class TileCache:
 
 
 class SlideLayer:
-    """Deep-zoom JPEG tiles of one slide, through OpenSlide's DeepZoomGenerator.
+    """Deep-zoom JPEG tiles of one slide, laid out by OpenSlide's DeepZoomGenerator.
 
     Parameters
     ----------
     path : path-like
         A slide OpenSlide (or, for plain images, Pillow) opens.
+
+    Notes
+    -----
+    DeepZoomGenerator reads each tile from the slide level nearest below the
+    tile's scale and resizes it: cheap on a pyramid with a level every factor
+    2, slow for the coarse tiles of a slide with few levels (a one-level SVS
+    reads its whole level 0 for the 1-tile levels). So a coarse deep-zoom
+    level (at most :data:`MEMORY_LEVEL_PIXELS` pixels) more than 2x below
+    the nearest slide level is made once as a whole image (coarser ones by
+    halving it) and its tiles are cut from it, when the slide level it is
+    made from has at most :data:`MEMORY_SOURCE_PIXELS` pixels; :meth:`warm`
+    makes it ahead of the first tile request.
     """
 
     def __init__(self, path) -> None:
@@ -164,6 +180,10 @@ class SlideLayer:
         self.level_count = int(self.dz.level_count)
         # OpenSlide is thread-safe; Pillow images (ImageSlide) are not
         self._lock = None if isinstance(self.osr, openslide.OpenSlide) else threading.Lock()
+        self._images: dict[int, object] = {}
+        self._images_lock = threading.Lock()
+        bg = str(self.osr.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR) or "ffffff")
+        self._background = "#" + (bg if re.fullmatch(r"[0-9a-fA-F]{6}", bg) else "ffffff")
 
     def check(self, level: int, col: int, row: int) -> None:
         """Raise :class:`TileNotFound` unless the tile exists."""
@@ -171,6 +191,47 @@ class SlideLayer:
         cols, rows = self.dz.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise TileNotFound(f"tile ({col}, {row}) outside the {cols} x {rows} tiles of level {level}")
+
+    def _in_memory(self, level: int) -> bool:
+        w, h = self.dz.level_dimensions[level]
+        if w * h > MEMORY_LEVEL_PIXELS:
+            return False
+        f = 2 ** (self.level_count - 1 - level)
+        best = self.osr.get_best_level_for_downsample(f)
+        bw, bh = self.osr.level_dimensions[best]
+        # made from the whole slide level: only when that level is small enough to read at once
+        return f / float(self.osr.level_downsamples[best]) > 2.0 and bw * bh <= MEMORY_SOURCE_PIXELS
+
+    def _level_image(self, level: int):
+        """The whole deep-zoom level as an RGB Pillow image (made once)."""
+        from PIL import Image
+
+        img = self._images.get(level)
+        if img is not None:
+            return img
+        with self._images_lock:
+            img = self._images.get(level)
+            if img is not None:
+                return img
+            size = tuple(int(v) for v in self.dz.level_dimensions[level])
+            if level + 1 < self.level_count and self._in_memory(level + 1):
+                finer = self._images.get(level + 1)
+                if finer is None:
+                    self._images_lock.release()
+                    try:
+                        finer = self._level_image(level + 1)
+                    finally:
+                        self._images_lock.acquire()
+                img = finer.resize(size, Image.Resampling.BOX)
+            else:
+                f = 2 ** (self.level_count - 1 - level)
+                best = self.osr.get_best_level_for_downsample(f)
+                region = self.osr.read_region((0, 0), best, self.osr.level_dimensions[best])
+                bg = Image.new("RGB", region.size, self._background)
+                bg.paste(region, mask=region.getchannel("A") if region.mode == "RGBA" else None)
+                img = bg.resize(size, Image.Resampling.BOX)
+            self._images[level] = img
+            return img
 
     def tile(self, level: int, col: int, row: int) -> bytes:
         """One JPEG tile.
@@ -181,14 +242,37 @@ class SlideLayer:
             Level, column or row out of range.
         """
         self.check(level, col, row)
-        if self._lock is None:
-            img = self.dz.get_tile(level, (col, row))
+        if self._in_memory(level):
+            img = self._level_image(level).crop(tile_bounds(self.dz.level_dimensions[level], col, row))
+        elif self._lock is None:
+            img = self._read_tile(level, col, row)
         else:
             with self._lock:
-                img = self.dz.get_tile(level, (col, row))
+                img = self._read_tile(level, col, row)
         buf = io.BytesIO()
         img.convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
         return buf.getvalue()
+
+    def _read_tile(self, level: int, col: int, row: int):
+        """DeepZoomGenerator's tile region, read and scaled with a box filter (its Lanczos is 2x slower)."""
+        from PIL import Image
+
+        loc, slide_level, size = self.dz.get_tile_coordinates(level, (col, row))
+        region = self.osr.read_region(loc, slide_level, size)
+        img = Image.new("RGB", region.size, self._background)
+        img.paste(region, mask=region.getchannel("A") if region.mode == "RGBA" else None)
+        z = tuple(int(v) for v in self.dz.get_tile_dimensions(level, (col, row)))
+        return img if img.size == z else img.resize(z, Image.Resampling.BOX)
+
+    def warm(self) -> None:
+        """Make the in-memory coarse level now (the server calls it when it opens the slide)."""
+        try:
+            for level in range(self.level_count - 1, -1, -1):
+                if self._in_memory(level):
+                    self._level_image(level)
+                    return  # the coarser ones are halvings of it, made when asked
+        except Exception:  # noqa: BLE001 - an unreadable slide fails again, visibly, on its tile requests
+            return
 
     def dzi(self) -> str:
         """The DZI XML descriptor of the slide layer."""
@@ -197,6 +281,7 @@ class SlideLayer:
     def close(self) -> None:
         """Close the slide."""
         self.osr.close()
+        self._images.clear()
 
 
 _LUTS: dict[str, np.ndarray] = {}
