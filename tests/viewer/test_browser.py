@@ -10,36 +10,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SLIDE_NAMES, http_get, wait_for
+from _viewer import SLIDE_NAMES, http_get, open_slide, settle, shot, wait_for
 from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-
-
-def open_slide(browser, server, name: str) -> dict:
-    """Load a slide page and wait for both layers' tiles to be drawn; the page's data."""
-    browser.get(server.url + f"slides/{name}.html")
-    wait_for(lambda: browser.execute_script(
-        "return !!window.wsiheatViewer && window.wsiheatViewer.world.getItemCount() === 2"), 60, "both layers")
-    settle(browser)
-    return browser.execute_script("return JSON.parse(document.getElementById('slide-data').textContent)")
-
-
-def settle(browser) -> None:
-    """Wait until OpenSeadragon has no animation or tile load pending, then two frames."""
-    wait_for(lambda: browser.execute_script(
-        "var v = window.wsiheatViewer; if (!v) return false;"
-        "for (var i = 0; i < v.world.getItemCount(); i++) if (!v.world.getItemAt(i).getFullyLoaded()) return false;"
-        "return !v.world.needsDraw() && v.viewport.getZoom(true) === v.viewport.getZoom(false) &&"
-        " v.viewport.getCenter(true).distanceTo(v.viewport.getCenter(false)) < 1e-9;"), 60, "a settled viewer")
-    browser.execute_async_script(
-        "var done = arguments[0]; requestAnimationFrame(function () { requestAnimationFrame(function () { done(); }); });")
-
-
-def shot(browser) -> np.ndarray:
-    """The OpenSeadragon area of the page as RGB pixels."""
-    png = browser.find_element(By.ID, "osd").screenshot_as_png
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
 
 
 def test_index_lists_every_slide_sorted_by_score(browser, server, scores):

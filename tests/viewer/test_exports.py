@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from conftest import REPO, SLIDE_NAMES
+from _viewer import REPO, SLIDE_NAMES
 
 from wsiheat.annotations import load_ground_truth, read_json_annotations
 from wsiheat.errors import WsiheatError

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MOSAICS, REPO, SLIDE_NAMES, http_get
+from _viewer import MOSAICS, REPO, SLIDE_NAMES, http_get
 from PIL import Image
 
 from wsiheat.errors import WsiheatError

@@ -11,10 +11,9 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import MOSAICS, REPO, SLIDE_NAMES, wait_for
+from _viewer import MOSAICS, REPO, SLIDE_NAMES, settle, shot, wait_for
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from test_browser import settle, shot
 
 from wsiheat.errors import WsiheatError
 from wsiheat.viewer.catalog import build_catalog
