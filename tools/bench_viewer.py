@@ -16,8 +16,10 @@ as when a user opens the page), then for each layer:
 * **warm**: the same N tiles again (served from the LRU cache),
 
 fetched by C client threads, each with its own keep-alive connection.
-Random tiles are drawn uniformly over all tiles of every slide's pyramid
-(so mostly from the finest levels, where a viewer spends its requests).
+Slide tiles are drawn uniformly over all tiles of every slide's pyramid
+(so mostly from the finest levels, where a viewer spends its requests);
+the heatmap pyramids are small (8 px per cell), so heatmap requests are
+distinct (tile, colormap, threshold) triples, as the sliders make them.
 Reported: p50 / p95 / max latency (ms) and tiles per second.
 """
 
@@ -105,9 +107,19 @@ def draw_tiles(pages: dict[str, dict], layer: str, n: int, rng: np.random.Genera
             w, h = math.ceil(g["width"] / f), math.ceil(g["height"] / f)
             nc, nr = math.ceil(w / g["tileSize"]), math.ceil(h / g["tileSize"])
             all_tiles += [(key, level, c, r) for c in range(nc) for r in range(nr)]
-    pick = rng.choice(len(all_tiles), size=min(n, len(all_tiles)), replace=False)
-    ext = "jpeg" if layer == "slide" else "png"
-    return [f"/slides/{k}/{layer}_files/{lv}/{c}_{r}.{ext}" for k, lv, c, r in (all_tiles[i] for i in pick)]
+    if layer == "slide":
+        pick = rng.choice(len(all_tiles), size=min(n, len(all_tiles)), replace=False)
+        return [f"/slides/{k}/slide_files/{lv}/{c}_{r}.jpeg" for k, lv, c, r in (all_tiles[i] for i in pick)]
+    # the heatmap pyramid is small: distinct (tile, colormap, threshold) requests, as the sliders make
+    from wsiheat.viewer.tiles import COLORMAPS
+
+    variants = [(cm, t / 20) for cm in COLORMAPS for t in range(20)]
+    pick = rng.choice(len(all_tiles) * len(variants), size=min(n, len(all_tiles) * len(variants)), replace=False)
+    out = []
+    for i in pick:
+        (k, lv, c, r), (cm, thr) = all_tiles[i // len(variants)], variants[i % len(variants)]
+        out.append(f"/slides/{k}/heatmap_files/{lv}/{c}_{r}.png?cmap={cm}&thr={thr:.2f}")
+    return out
 
 
 def fetch_all(port: int, paths: list[str], clients: int) -> tuple[np.ndarray, float, list[tuple[float, str]]]:
