@@ -243,9 +243,10 @@ def test_bad_slides_keep_their_row_and_the_rest_work(results, tmp_path):
         assert s == 200 and decode(body).shape[2] == 3
 
 
-def test_missing_h5_and_reference_labels(results, tmp_path):
+def test_missing_or_corrupt_h5_and_reference_labels(results, tmp_path):
     res = _copy_results(results, tmp_path / "results")
     (res / "test_tumor_003.h5").unlink()
+    (res / "test_tumor_001.h5").write_bytes(b"not HDF5 at all")
     ref = tmp_path / "reference.csv"
     ref.write_text("slide,label\n" + "".join(f"{n},{'Normal' if 'normal' in n else 'Tumor'}\n" for n in SLIDE_NAMES))
     catalog = build_catalog(res, reference=ref)
@@ -253,6 +254,12 @@ def test_missing_h5_and_reference_labels(results, tmp_path):
     assert "heatmap file missing" in e.problem
     assert {x.name: x.label for x in catalog.entries} == {n: int("tumor" in n) for n in SLIDE_NAMES}
     assert 0.0 <= catalog.summary["auc"] <= 1.0 and catalog.summary["n_labelled"] == 4
+    with ViewerServer(create_app(catalog), "127.0.0.1", 0) as srv:
+        s, page, _ = http_get(srv.url + "slides/test_tumor_001.html")
+        assert s == 200 and b"cannot read heatmap" in page and b'id="problem"' in page
+        s, body, _ = http_get(srv.url + "slides/test_tumor_001/heatmap_files/0/0_0.png")
+        assert s == 404 and b"Traceback" not in body
+        assert http_get(srv.url + "slides/test_tumor_002.html")[0] == 200
     with pytest.raises(WsiheatError, match="either --slides or --manifest"):
         build_catalog(res, slides=tmp_path, manifest=MOSAICS / "manifest.csv")
 

@@ -208,6 +208,15 @@ def create_app(catalog: Catalog, cache_bytes: int = 256 << 20) -> Flask:
         resp.headers["Cache-Control"] = "private, max-age=600"
         return resp
 
+    @app.errorhandler(WsiheatError)
+    def user_error(exc: WsiheatError) -> Response:
+        # a slide or heatmap that became unreadable while serving: one line, no traceback
+        return Response(f"{exc}\n", status=404, content_type="text/plain; charset=utf-8")
+
+    @app.errorhandler(openslide.OpenSlideError)
+    def slide_error(exc: Exception) -> Response:
+        return Response(f"cannot read the slide ({exc})\n", status=500, content_type="text/plain; charset=utf-8")
+
     @app.after_request
     def headers(resp: Response) -> Response:
         resp.headers["X-Content-Type-Options"] = "nosniff"
