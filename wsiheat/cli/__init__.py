@@ -5,7 +5,7 @@ errors (:class:`wsiheat.errors.WsiheatError`, bad options) are printed as one
 line ``wsiheat: error: ...`` with exit status 2, no traceback.
 """
 
-from wsiheat.cli import evaluate, extract, heatmap, train  # noqa: F401  (registers the commands)
+from wsiheat.cli import evaluate, extract, heatmap, train, view  # noqa: F401  (registers the commands)
 from wsiheat.cli.main import cli, main
 
 __all__ = ["cli", "main"]

@@ -428,7 +428,7 @@ def froc_tumor_mask(gt: Any, slide_dimensions: tuple[int, int], level: int = EVA
     Parameters
     ----------
     gt : GroundTruth
-        From :func:`wsiheat.annotations.load_ground_truth`.
+        From :func:`wsiheat.wsi.annotations.groundtruth.load_ground_truth`.
     slide_dimensions : (int, int)
         Level-0 width and height of the slide.
     level : int

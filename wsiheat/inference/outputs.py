@@ -14,6 +14,8 @@ name by default); every file is written atomically:
 * ``NAME_lesions.png``: the 16 most probable lesion candidates, each a view
   of 6 cells around it with the scored cell outlined, captioned with rank,
   probability and level-0 position, to check before opening a viewer;
+* ``NAME_qupath.geojson`` and ``NAME_asap.xml``: the heatmap cells and lesion
+  candidates for QuPath and ASAP (:mod:`wsiheat.inference.exports`);
 * ``NAME.json``: the slide summary (``score`` = maximum of the lesion map:
   the smoothed map, or a fitted lesion scorer's map, see :func:`lesion_map`;
   ``max_probability`` = maximum of the raw map, ...), written last.
@@ -323,10 +325,14 @@ def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = Non
         f"p >= {lesion_threshold:g} (views of {GALLERY_CONTEXT_CELLS} cells, scored cell outlined)",
         views, [f"#{i + 1}  p = {p:.3f}\nx {x:.0f}, y {y:.0f}" for i, (p, x, y) in enumerate(lesions[:len(views)])])],
         empty_text=f"{slide_name}: no lesion candidate at p >= {lesion_threshold:g}")
+    from wsiheat.inference.exports import write_viewer_files
+
+    viewer = write_viewer_files(out_dir, name, prob, tissue, cell0, hm.origin, lesions)
     summary = dict(s)
     summary["name"] = name
     summary["seconds"] = round(s["seconds"] + time.perf_counter() - t0, 3)
-    summary["outputs"] = {k: p.name for k, p in paths.items()}
+    summary["outputs"] = {**{k: p.name for k, p in paths.items() if k != ".json"},
+                          **{p.name[len(name):]: p.name for p in viewer.values()}, ".json": paths[".json"].name}
     with atomic_path(paths[".json"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -48,8 +48,43 @@ def read_asap_xml(path: str | os.PathLike) -> tuple[list[np.ndarray], list[np.nd
     return pos, neg
 
 
+def asap_annotations_xml(annotations, groups, decimals: int = 1) -> str:
+    """ASAP annotation XML: the one writer of the format.
+
+    Parameters
+    ----------
+    annotations : iterable of (name, type, group, color, points)
+        ``type`` ``Polygon``, ``Dot``, ...; ``points`` (x, y) in level-0 pixels
+        (polygons closed implicitly: first vertex not repeated).
+    groups : sequence of (name, color)
+        Declared in ``<AnnotationGroups>``.
+    decimals : int
+        Decimals of the coordinates.
+
+    Returns
+    -------
+    str
+    """
+    lines = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
+    for name, kind, group, color, points in annotations:
+        lines.append(f'\t\t<Annotation Name={quoteattr(str(name))} Type={quoteattr(kind)} '
+                     f'PartOfGroup={quoteattr(group)} Color={quoteattr(color)}>')
+        lines.append("\t\t\t<Coordinates>")
+        for k, (x, y) in enumerate(points):
+            lines.append(f'\t\t\t\t<Coordinate Order="{k}" X="{float(x):.{decimals}f}" Y="{float(y):.{decimals}f}" />')
+        lines.append("\t\t\t</Coordinates>")
+        lines.append("\t\t</Annotation>")
+    lines.append("\t</Annotations>")
+    lines.append("\t<AnnotationGroups>")
+    for name, color in groups:
+        lines += [f'\t\t<Group Name={quoteattr(name)} PartOfGroup="None" Color={quoteattr(color)}>',
+                  "\t\t\t<Attributes />", "\t\t</Group>"]
+    lines += ["\t</AnnotationGroups>", "</ASAP_Annotations>", ""]
+    return "\n".join(lines)
+
+
 def asap_xml(polygons: Sequence[Sequence[tuple[float, float]]], group: str = "Tumor") -> str:
-    """CAMELYON16 ASAP XML text for polygons in level-0 pixels.
+    """CAMELYON16 ASAP XML text for polygons in level-0 pixels (one group), as mosaic slides carry.
 
     Parameters
     ----------
@@ -62,17 +97,5 @@ def asap_xml(polygons: Sequence[Sequence[tuple[float, float]]], group: str = "Tu
     -------
     str
     """
-    lines = ['<?xml version="1.0"?>', "<ASAP_Annotations>", "\t<Annotations>"]
-    for i, poly in enumerate(polygons):
-        lines.append(f'\t\t<Annotation Name={quoteattr(f"{group} {i + 1}")} Type="Polygon" '
-                     f'PartOfGroup={quoteattr(group)} Color="#F4FA58">')
-        lines.append("\t\t\t<Coordinates>")
-        for k, (x, y) in enumerate(poly):
-            lines.append(f'\t\t\t\t<Coordinate Order="{k}" X="{float(x):.1f}" Y="{float(y):.1f}" />')
-        lines.append("\t\t\t</Coordinates>")
-        lines.append("\t\t</Annotation>")
-    lines += ["\t</Annotations>", "\t<AnnotationGroups>",
-              f'\t\t<Group Name={quoteattr(group)} PartOfGroup="None" Color="#00ff00">',
-              "\t\t\t<Attributes />", "\t\t</Group>", "\t</AnnotationGroups>",
-              "</ASAP_Annotations>", ""]
-    return "\n".join(lines)
+    return asap_annotations_xml([(f"{group} {i + 1}", "Polygon", group, "#F4FA58", poly)
+                                 for i, poly in enumerate(polygons)], [(group, "#00ff00")], decimals=1)
