@@ -405,11 +405,11 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
     }
     plot_froc(out / files["plot"], res.fps_per_slide, res.sensitivity, res.eval_fps, res.sensitivities, res.score)
     write_csv(out / files["curve"], ["threshold", "fps_per_slide", "sensitivity"],
-              [[repr(float(t)), repr(float(f)), repr(float(s))]
+              [[_prob_text(t), repr(float(f)), repr(float(s))]
                for t, f, s in zip(res.thresholds, res.fps_per_slide, res.sensitivity)])
     write_csv(out / files["lesions"], ["slide", "label", "itc", "x", "y", "major_axis_um", "area_um2", "prob"],
               [[r["slide"], r["label"], int(r["itc"]), r["x"], r["y"], f"{r['major_axis_um']:.1f}",
-                f"{r['area_um2']:.0f}", "" if r["prob"] is None else repr(r["prob"])] for r in res.lesions])
+                f"{r['area_um2']:.0f}", "" if r["prob"] is None else _prob_text(r["prob"])] for r in res.lesions])
     write_json(out / files["report"], rep)
     return rep
 
@@ -507,3 +507,11 @@ def _jsonable(obj: Any) -> Any:
 
 def _fmt(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
+
+
+def _prob_text(value: float) -> str:
+    """Shortest text of a probability: a float32 lesion score prints as float32 (``0.500015``, not its
+    float64 expansion), any other value as its float64 repr."""
+    v = float(value)
+    f32 = np.float32(v)
+    return str(f32) if np.isfinite(v) and float(f32) == v else repr(v)
