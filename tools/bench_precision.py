@@ -26,13 +26,13 @@ def build(policy: str, towers: int, window: int, trainable_from: str | None):
     import keras
 
     from wsiheat.models.model import build_model, set_trainable_from
-    from wsiheat.training.train import _compile
+    from wsiheat.training.train import compile_model
 
     keras.mixed_precision.set_global_policy(policy)
     model = build_model(towers, window, weights="none")
     if trainable_from:
         set_trainable_from(model, trainable_from)
-    _compile(model, 1e-4, mixed=policy == "mixed_float16")
+    compile_model(model, 1e-4, mixed=policy == "mixed_float16")
     return model
 
 

@@ -69,7 +69,7 @@ def main() -> None:
 
     from wsiheat.models.model import build_model
     from wsiheat.training.dataset import AugmentConfig, make_dataset, open_patch_file
-    from wsiheat.training.train import _compile
+    from wsiheat.training.train import compile_model
 
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
         path = make_file(Path(tmp) / "bench.h5", a.rows, a.towers, a.window, slides=8)
@@ -95,7 +95,7 @@ def main() -> None:
         memory = tf.data.Dataset.from_tensor_slices((xs, ys)).repeat()
 
         model = build_model(a.towers, a.window, weights="none", backbone=a.backbone)
-        _compile(model, 1e-4, mixed=False)
+        compile_model(model, 1e-4, mixed=False)
         model.fit(memory, epochs=1, steps_per_epoch=2, verbose=0)  # trace once
         model.fit(hdf5, epochs=1, steps_per_epoch=2, verbose=0)
         best = {"memory": 0.0, "hdf5": 0.0}

@@ -16,7 +16,6 @@ from wsiheat.models.weights import (
     CONVERTED_NAME,
     KERAS_NOTOP_NAME,
     WHEEL_NAME,
-    _var_name,
     cache_dir,
     convert_fid_inception,
     converted_path,
@@ -28,6 +27,7 @@ from wsiheat.models.weights import (
     mapping_report,
     read_torchscript_tensors,
     torch_unit_to_layer,
+    variable_name,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,13 +105,13 @@ def test_mapping_covers_every_backbone_weight_exactly_once(torch_tensors, conver
     for layer in weighted:
         kind = layer.__class__.__name__
         assert kind in ("Conv2D", "BatchNormalization")
-        assert {_var_name(v) for v in layer.weights} == set(arrays[layer.name]), layer.name
+        assert {variable_name(v) for v in layer.weights} == set(arrays[layer.name]), layer.name
 
     load_imagenet_weights(backbone, converted, "tf2015")
     used = set()
     for layer in weighted:
         for variable in layer.weights:
-            var = _var_name(variable)
+            var = variable_name(variable)
             np.testing.assert_array_equal(variable.numpy(), arrays[layer.name][var])
             used.add((layer.name, var))
     assert len(used) == len(torch_tensors)

@@ -222,13 +222,13 @@ def test_real_inception_v3_two_towers_one_step():
     import keras
 
     from wsiheat.models.model import build_model, set_trainable_from
-    from wsiheat.training.train import _compile
+    from wsiheat.training.train import compile_model
 
     m = build_model(2, 80, weights="none", shared_backbone=True)  # one backbone: faster tracing
     assert m.output.shape[-1] == 1
     before = len(m.trainable_weights)
     assert set_trainable_from(m, "mixed9") < before
-    _compile(m, 1e-3, mixed=False)
+    compile_model(m, 1e-3, mixed=False)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (2, 2, 80, 80, 3), dtype=np.uint8)
     y = np.array([[0], [1]], np.float32)

@@ -48,7 +48,7 @@ def test_loop_metrics_match_keras_metrics():
 
     from wsiheat.evaluation.metrics import roc_auc
     from wsiheat.training.distribute import binned_stats, metrics_from_stats
-    from wsiheat.training.train import _numpy_metrics, metrics
+    from wsiheat.training.train import metrics, numpy_metrics
 
     rng = np.random.default_rng(5)
     y = (rng.random(300) < 0.3).astype(np.float32)
@@ -61,7 +61,7 @@ def test_loop_metrics_match_keras_metrics():
     stats = sum(np.asarray(binned_stats(tf.constant(y[i:i + 64, None]), tf.constant(p[i:i + 64, None])))
                 for i in range(0, 300, 64))
     from_stats = metrics_from_stats(stats)
-    exact = _numpy_metrics(y, p)
+    exact = numpy_metrics(y, p)
     for k in ("accuracy", "sensitivity", "specificity"):
         assert from_stats[k] == pytest.approx(keras_m[k], abs=1e-6), k
         assert exact[k] == pytest.approx(keras_m[k], abs=1e-6), k

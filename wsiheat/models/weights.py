@@ -267,7 +267,7 @@ def expected_weight_shapes(variant: str = "tf2015") -> dict[str, dict[str, tuple
 
         model = inception_v3_backbone((None, None, 3), variant=variant)
         _EXPECTED_CACHE[variant] = {
-            layer.name: {_var_name(w): tuple(w.shape) for w in layer.weights} for layer in model.layers if layer.weights
+            layer.name: {variable_name(w): tuple(w.shape) for w in layer.weights} for layer in model.layers if layer.weights
         }
         _GEOMETRY[variant] = {
             layer.name: (
@@ -280,7 +280,8 @@ def expected_weight_shapes(variant: str = "tf2015") -> dict[str, dict[str, tuple
     return _EXPECTED_CACHE[variant]
 
 
-def _var_name(variable: Any) -> str:
+def variable_name(variable: Any) -> str:
+    """A Keras variable's short name (``kernel``, ``moving_mean``, ...), whatever the Keras version."""
     return variable.path.rsplit("/", 1)[-1] if hasattr(variable, "path") else variable.name.split(":")[0]
 
 
@@ -353,7 +354,7 @@ def _read_keras_h5(path: Path, backbone: Any) -> dict[str, dict[str, np.ndarray]
             variables = layer.weights
             if len(values) != len(variables):
                 raise WsiheatError(f"{path}: layer {name} has {len(values)} weights, {layer.name} needs {len(variables)}")
-            out[layer.name] = {_var_name(v): value for v, value in zip(variables, values)}
+            out[layer.name] = {variable_name(v): value for v, value in zip(variables, values)}
     return out
 
 
@@ -383,12 +384,12 @@ def load_imagenet_weights(backbone: Any, path: str | os.PathLike, variant: str) 
     if variant == "tf2015":
         _check_format(path)
     expected = {
-        layer.name: {_var_name(w): tuple(w.shape) for w in layer.weights} for layer in backbone.layers if layer.weights
+        layer.name: {variable_name(w): tuple(w.shape) for w in layer.weights} for layer in backbone.layers if layer.weights
     }
     mapping_report(arrays, expected, str(path))
     for layer in backbone.layers:
         if layer.weights:
-            layer.set_weights([arrays[layer.name][_var_name(w)] for w in layer.weights])
+            layer.set_weights([arrays[layer.name][variable_name(w)] for w in layer.weights])
 
 
 def _check_format(path: Path) -> None:

@@ -203,7 +203,9 @@ def metrics() -> list:
             keras.metrics.Recall(name="sensitivity"), _SPEC()]
 
 
-def _compile(model, lr: float, mixed: bool) -> None:
+def compile_model(model, lr: float, mixed: bool) -> None:
+    """Compile for training: Adam at ``lr``, binary cross-entropy, the metrics of :func:`metrics`
+    (wrapped in a loss-scale optimizer under ``mixed_float16``)."""
     import keras
 
     opt = keras.optimizers.Adam(learning_rate=lr)
@@ -480,7 +482,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
                         from wsiheat.models.model import set_trainable_from
 
                         set_trainable_from(model, tfrom)
-                        _compile(model, slr, mixed)
+                        compile_model(model, slr, mixed)
                         state["wait"] = 0
                     cb = _make_checkpointer(ckpt, history_path, state, history, stage, s0, s1, slr,
                                             config.lr_decay, config.patience, config.monitor)
@@ -551,7 +553,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
             "seconds": round(time.perf_counter() - t_start, 1)}
 
 
-def _numpy_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
+def numpy_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
     """Validation metrics as ``model.evaluate`` gives them, from labels and predicted probabilities.
 
     Loss: mean binary cross-entropy (probabilities clipped to [1e-7, 1 - 1e-7]);
@@ -643,7 +645,7 @@ def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, v
             losses, stats = runner.run(steps)
             row = {"epoch": epoch, "stage": stage, "lr": float(lr_e)}
             logs = {"loss": float(np.mean(losses)), **metrics_from_stats(stats)}
-            logs.update({f"val_{k}": v for k, v in _numpy_metrics(*_predict_all(model, val_ds)).items()})
+            logs.update({f"val_{k}": v for k, v in numpy_metrics(*_predict_all(model, val_ds)).items()})
             row["seconds"] = round(time.perf_counter() - t0, 2)
             row.update(logs)
             history.append(row)
@@ -674,7 +676,7 @@ def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, v
     if (ckpt / "best.weights.h5").exists():
         with strategy.scope():
             model.load_weights(ckpt / "best.weights.h5")
-    return model, _numpy_metrics(*_predict_all(model, val_ds))
+    return model, numpy_metrics(*_predict_all(model, val_ds))
 
 
 def _build(build_args: dict, weights: str):
