@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -211,14 +210,10 @@ def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
 
 def _read_result_jsons(folder: Path) -> dict[str, dict[str, Any]]:
     """Heatmap per-slide JSONs (with 'slide' and 'score') in a folder, by slide name."""
+    from wsiheat.inference.outputs import result_summaries
+
     out: dict[str, dict[str, Any]] = {}
-    for p in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, OSError):
-            continue
-        if not (isinstance(data, dict) and "slide" in data and "score" in data):
-            continue
+    for p, data in result_summaries(folder):
         data = dict(data)
         data["_path"] = p
         name = slide_name(str(data["slide"]))

@@ -283,6 +283,22 @@ def write_lesions_csv(path: Path, lesions: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------- the slide
+def result_summaries(folder: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """The heatmap summaries of a results folder: every ``*.json`` holding ``slide`` and ``score``.
+
+    Sorted by file name; other JSON files (reports, layouts) and unreadable ones are skipped.
+    """
+    found = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+            continue
+        if isinstance(data, dict) and "slide" in data and "score" in data:
+            found.append((p, data))
+    return found
+
+
 def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     """The output files of one slide, keyed by suffix (:data:`OUTPUT_SUFFIXES`)."""
     out_dir = Path(out_dir)

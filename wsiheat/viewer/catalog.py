@@ -218,15 +218,9 @@ class Catalog:
 
 
 def _result_summaries(results_dir: Path) -> list[tuple[Path, dict]]:
-    found = []
-    for p in sorted(results_dir.glob("*.json")):
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, OSError):
-            continue
-        if isinstance(data, dict) and "slide" in data and "score" in data and "geometry" in data:
-            found.append((p, data))
-    return found
+    from wsiheat.inference.outputs import result_summaries
+
+    return [(p, data) for p, data in result_summaries(results_dir) if "geometry" in data]
 
 
 def _find_in_folder(folder: Path, name: str) -> Path | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -71,14 +70,9 @@ def export_results(results_dir: str | os.PathLike, out_dir: str | os.PathLike | 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise WsiheatError(f"{results_dir}: no such results folder")
-    names = []
-    for p in sorted(results_dir.glob("*.json")):
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, OSError):
-            continue
-        if isinstance(data, dict) and "slide" in data and "score" in data and (results_dir / f"{p.stem}.h5").is_file():
-            names.append(p.stem)
+    from wsiheat.inference.outputs import result_summaries
+
+    names = [p.stem for p, _ in result_summaries(results_dir) if (results_dir / f"{p.stem}.h5").is_file()]
     if not names:
         raise WsiheatError(f"{results_dir}: no heatmap results in this folder (NAME.json and NAME.h5 written by "
                            f"wsiheat heatmap)")
