@@ -65,3 +65,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             tmp_path.unlink()
         raise
+
+
+def save_figure(fig, path: str | os.PathLike, tight_layout: bool = False) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it (the one figure writer)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        if tight_layout:
+            fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)

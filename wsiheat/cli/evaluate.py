@@ -8,7 +8,7 @@ import click
 
 from wsiheat import defaults
 from wsiheat.cli.main import cli
-from wsiheat.cli.options import _bounds, _ci_text, _float_list, _lesion_ground_truth_options
+from wsiheat.cli.options import bounds_text, ci_text, float_list, lesion_ground_truth_options
 from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
 
 # --- evaluate ---------------------------------------------------------------------
@@ -55,7 +55,7 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     a, b, ci = rep["at_0.5"], rep["at_youden"] or {}, rep.get("ci")
 
     def interval(key):
-        return _bounds(ci and ci[key], f)
+        return bounds_text(ci and ci[key], f)
 
     click.echo(f"patches: {rep['n']} ({rep['n_tumor']} tumor)  AUC {f(rep['auc'])}{interval('auc')}")
     click.echo(f"  at 0.5:    balanced accuracy {f(a['balanced_accuracy'])}{interval('balanced_accuracy')}  "
@@ -103,12 +103,12 @@ def evaluate_slides_cmd(results: str, more_ground_truth: tuple[str, ...], refere
     rep = evaluate_slides(results, out_dir, reference=reference, ground_truth=list(ground_truth) or None,
                           n_boot=n_boot, seed=seed, score=score_field)
     click.echo(f"slides: {rep['n']} ({rep['n_tumor']} tumor), score {score_field}  AUC {rep['auc']:.4f}  "
-               f"{_ci_text(rep['auc_ci'])}")
+               f"{ci_text(rep['auc_ci'])}")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
 @evaluate_group.command("froc")
-@_lesion_ground_truth_options
+@lesion_ground_truth_options
 @click.option("--allow-empty", is_flag=True, help="Count an empty detection file as a slide without detections.")
 @click.option("--out-dir", "-o", default="evaluation", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (created if missing).")
@@ -133,18 +133,18 @@ def evaluate_froc_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
     sens = "  ".join(f"{k}:{v:.3f}" for k, v in rep["sensitivity_at"].items())
     click.echo(f"FROC: {rep['n_slides']} slides ({rep['n_tumor_slides']} with tumor), {rep['n_lesions']} lesions "
                f"({rep['n_itc']} ITC ignored)  score {rep['froc_score']:.4f}  "
-               f"{_ci_text(rep['froc_ci'])} (bootstrap over slides)")
+               f"{ci_text(rep['froc_ci'])} (bootstrap over slides)")
     click.echo(f"  sensitivity at FPs/slide  {sens}")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
 @evaluate_group.command("tune")
-@_lesion_ground_truth_options
-@click.option("--smooth", default="0,0.5,0.75,1,1.5", show_default=True, callback=_float_list,
+@lesion_ground_truth_options
+@click.option("--smooth", default="0,0.5,0.75,1,1.5", show_default=True, callback=float_list,
               help="Smoothing sigmas to try, cells.")
-@click.option("--lesion-threshold", default="0.5,0.3,0.1", show_default=True, callback=_float_list,
+@click.option("--lesion-threshold", default="0.5,0.3,0.1", show_default=True, callback=float_list,
               help="Lesion-point thresholds to try.")
-@click.option("--nms-radius", default="2,4,6", show_default=True, callback=_float_list,
+@click.option("--nms-radius", default="2,4,6", show_default=True, callback=float_list,
               help="Non-maximum suppression radii to try, cells.")
 @click.option("--lesion-scorer", "lesion_scorer_path", default=None, type=click.Path(dir_okay=False),
               help="Also try this lesion scorer's map (from `evaluate fit-scorer`, fitted on OTHER slides).")
@@ -184,12 +184,12 @@ def evaluate_tune_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
     where = "with the lesion scorer" if b["map"] == "scorer" else f"at smooth {b['smooth']:g}"
     click.echo(f"best slide AUC {b['slide_auc']:.4f} {where} (FROC there {b['froc']:.4f})")
     f = rep["best_froc"]
-    click.echo(f"best FROC {f['froc']:.4f} {_ci_text(rep['best_froc_ci'])} (bootstrap over slides)")
+    click.echo(f"best FROC {f['froc']:.4f} {ci_text(rep['best_froc_ci'])} (bootstrap over slides)")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
 @evaluate_group.command("fit-scorer")
-@_lesion_ground_truth_options
+@lesion_ground_truth_options
 @click.option("-o", "--output", default="lesion_scorer.json", show_default=True, type=click.Path(dir_okay=False),
               help="Scorer file to write (JSON).")
 @click.option("--c", "c", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),

@@ -6,7 +6,7 @@ import click
 
 from wsiheat import defaults
 from wsiheat.cli.main import cli
-from wsiheat.cli.options import _numbers, _NumbersOption, _parse_grid, _scale_options, _scale_requested, _scale_tasks
+from wsiheat.cli.options import NumbersOption, numbers_callback, parse_grid, scale_options, scale_requested, scale_tasks
 from wsiheat.errors import WsiheatError
 
 
@@ -17,7 +17,7 @@ def _extract_many_cli(scale: dict, slide, ground_truth, output, quiet, replace, 
     if replace:
         raise WsiheatError(f"{output}: --replace is for one slide; remove the slide's rows or use a new file "
                            f"for a manifest run")
-    tasks = _scale_tasks(scale, slide, ground_truth)
+    tasks = scale_tasks(scale, slide, ground_truth)
     run = extract_many(tasks, output, workers=scale["workers"], scheduler=scale["scheduler"],
                        retries=scale["retries"], keep_shards=scale["keep_shards"], progress=not quiet, **params)
     click.echo(status_table(run["results"]))
@@ -65,11 +65,11 @@ def tissue_cmd(slide: str, output: str, downsample: float, mask_out: str | None,
 @click.argument("ground_truth", required=False, type=click.Path(path_type=str))
 @click.option("-o", "--output", default="patches.h5", show_default=True,
               help="HDF5 patches file to create or append to.")
-@click.option("--levels", cls=_NumbersOption, callback=_numbers(int), metavar="L1 [L2 ...]",
+@click.option("--levels", cls=NumbersOption, callback=numbers_callback(int), metavar="L1 [L2 ...]",
               help="Pyramid level of each tower, finest first (default: 2 3).")
-@click.option("--downsamples", cls=_NumbersOption, callback=_numbers(float), metavar="D1 [D2 ...]",
+@click.option("--downsamples", cls=NumbersOption, callback=numbers_callback(float), metavar="D1 [D2 ...]",
               help="Downsample of each tower relative to level 0 (instead of --levels).")
-@click.option("--mpp", cls=_NumbersOption, callback=_numbers(float), metavar="M1 [M2 ...]",
+@click.option("--mpp", cls=NumbersOption, callback=numbers_callback(float), metavar="M1 [M2 ...]",
               help="µm/px of each tower (instead of --levels; needs slide metadata).")
 @click.option("--window", default=defaults.WINDOW, show_default=True, type=click.IntRange(min=1), help="Window side W (px).")
 @click.option("--center", default=defaults.CENTER, show_default=True, type=click.IntRange(min=1),
@@ -84,7 +84,7 @@ def tissue_cmd(slide: str, output: str, downsample: float, mask_out: str | None,
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random draws.")
 @click.option("--replace", is_flag=True, help="Re-extract a slide already in the output file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_scale_options  # --manifest/--workers/--scheduler/--retries/--keep-shards (scale section)
+@scale_options  # --manifest/--workers/--scheduler/--retries/--keep-shards (scale section)
 def extract(slide, ground_truth, output, levels, downsamples, mpp, window, center, stride, tissue_threshold,
             normal_ratio, max_normal, seed, replace, quiet, **scale):
     """Extract windows at one or more magnifications from SLIDE into an HDF5 file.
@@ -100,7 +100,7 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
     Example:
       wsiheat extract tumor_001.tif tumor_001.xml -o patches.h5 --levels 2 3
     """
-    if _scale_requested(scale, slide):  # many slides (scale section)
+    if scale_requested(scale, slide):  # many slides (scale section)
         return _extract_many_cli(scale, slide, ground_truth, output, quiet, replace, dict(
             levels=levels, downsamples=downsamples, mpps=mpp, window=window, center=center, stride=stride,
             tissue_threshold=tissue_threshold, normal_ratio=normal_ratio, max_normal=max_normal or None,
@@ -214,7 +214,7 @@ def mosaic_cmd(idc_dir, out_dir, n_slides, n_normal, split, split_fractions, spl
                                             split_seed=split_seed, val_model=val_model, val_patients=val_patients,
                                             patients=patients.split(",") if patients else None)
     infos = build_mosaic_set(idc_dir, out_dir, chosen, n_slides, n_normal, seed, split=split,
-                             grid=_parse_grid(grid), scale=scale, n_islands=n_islands, n_tumors=n_tumors,
+                             grid=parse_grid(grid), scale=scale, n_islands=n_islands, n_tumors=n_tumors,
                              compression=compression, quality=quality, split_record={"seed": seed, **record})
     total = 0
     click.echo(f"{len(chosen)} patients of split {split!r}; {len(infos)} slides in {out_dir}:")

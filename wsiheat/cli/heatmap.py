@@ -8,7 +8,7 @@ import click
 
 from wsiheat import defaults
 from wsiheat.cli.main import cli
-from wsiheat.cli.options import _parse_floats, _scale_options
+from wsiheat.cli.options import parse_floats, scale_options
 from wsiheat.errors import WsiheatError
 from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
 
@@ -55,7 +55,7 @@ from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at imp
                    "(AVX512-BF16/AMX); probabilities move by ~0.01 on average; mixed_float16 for GPUs.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
-@_scale_options(shards=False)
+@scale_options(shards=False)
 def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, readers, block,
                 tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
                 smooth, lesion_scorer_path, downsamples, precision, progress, **scale) -> int:
@@ -120,7 +120,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     options = dict(batch_size=batch_size, tta=tta, readers=readers, block=block, tissue_threshold=tissue_threshold,
                    lesion_threshold=lesion_threshold, nms_radius=nms_radius, nms_radius_um=nms_radius_um,
                    area_threshold=area_threshold, topk=topk, smooth=smooth, lesion_scorer=lesion_scorer,
-                   downsamples=_parse_floats(downsamples, "--downsamples"), precision=precision)
+                   downsamples=parse_floats(downsamples, "--downsamples"), precision=precision)
     if many:
         run = heatmap_many(tasks, model_path, folder, workers=scale["workers"], scheduler=scale["scheduler"],
                            retries=scale["retries"], progress=sys.stderr.isatty(), overwrite=overwrite, **options)

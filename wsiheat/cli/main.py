@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from wsiheat import __version__
-from wsiheat.cli.options import _bounds
+from wsiheat.cli.options import bounds_text
 from wsiheat.errors import WsiheatError
 
 
@@ -72,7 +72,7 @@ def demo_cmd(data_dir: str, out_dir: str, quick: bool, weights: str, epochs: int
 
     click.secho(f"\nDone in {s['seconds']:.0f} s. Weights: {s['weights']}", bold=True)
     def ci(c):
-        return _bounds(c, f)
+        return bounds_text(c, f)
 
     pci = s.get("patch_ci") or {}
     click.echo(f"Patch AUC {f(s['patch_auc'])}{ci(pci.get('auc'))} (balanced accuracy "

@@ -8,11 +8,11 @@ from wsiheat.errors import WsiheatError
 
 # --- scale: many slides on Dask (wsiheat.scale.batch) ------------------------------
 # Options shared by commands that process many slides; the commands call
-# _scale_requested() first and hand over to the helpers below.
+# scale_requested() first and hand over to the helpers below.
 
-def _scale_options(f=None, *, shards: bool = True):
+def scale_options(f=None, *, shards: bool = True):
     if f is None:
-        return lambda g: _scale_options(g, shards=shards)
+        return lambda g: scale_options(g, shards=shards)
     if shards:
         f = click.option("--keep-shards", is_flag=True,
                          help="Keep the per-slide shards (OUTPUT.shards/NAME.h5) after merging.")(f)
@@ -28,7 +28,7 @@ def _scale_options(f=None, *, shards: bool = True):
     return f
 
 
-def _scale_requested(scale: dict, slide) -> bool:
+def scale_requested(scale: dict, slide) -> bool:
     if scale.get("manifest") and slide:
         raise WsiheatError(f"{slide}: give either SLIDE or --manifest, not both")
     if not scale.get("manifest") and not slide:
@@ -36,7 +36,7 @@ def _scale_requested(scale: dict, slide) -> bool:
     return bool(scale.get("manifest") or scale.get("workers") or scale.get("scheduler"))
 
 
-def _scale_tasks(scale: dict, slide, ground_truth):
+def scale_tasks(scale: dict, slide, ground_truth):
     from wsiheat.scale.tasks import read_manifest, tasks_from_paths
 
     if scale.get("manifest"):
@@ -44,14 +44,14 @@ def _scale_tasks(scale: dict, slide, ground_truth):
     return tasks_from_paths([slide], [ground_truth])
 
 
-def _bounds(ci: dict | None, fmt) -> str:
+def bounds_text(ci: dict | None, fmt) -> str:
     """' [low, high]' of an interval dict with ``low``/``high`` (numbers written by ``fmt``); '' for None."""
     return "" if not ci else f" [{fmt(ci['low'])}, {fmt(ci['high'])}]"
 
 
-def _ci_text(ci: dict) -> str:
+def ci_text(ci: dict) -> str:
     """'95% CI [low, high]' of a bootstrap interval dict (bootstrap_auc_ci, bootstrap_froc_ci)."""
-    return f"{ci['confidence'] * 100:g}% CI" + _bounds(ci, lambda v: f"{v:.4f}")
+    return f"{ci['confidence'] * 100:g}% CI" + bounds_text(ci, lambda v: f"{v:.4f}")
 
 
 def _is_number(text: str) -> bool:
@@ -62,7 +62,7 @@ def _is_number(text: str) -> bool:
         return False
 
 
-class _NumbersOption(click.Option):
+class NumbersOption(click.Option):
     """An option taking one or more numbers: ``--levels 2 3`` (or ``--levels 2,3``).
 
     Following arguments are consumed while they parse as numbers, so a slide
@@ -87,7 +87,7 @@ class _NumbersOption(click.Option):
         return retval
 
 
-def _numbers(kind):
+def numbers_callback(kind):
     def convert(ctx, param, value):
         if value is None:
             return None
@@ -105,7 +105,7 @@ def _numbers(kind):
 # --- heatmap ----------------------------------------------------------------------
 
 
-def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
+def parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
@@ -114,7 +114,7 @@ def _parse_floats(value: str | None, what: str) -> tuple[float, ...] | None:
         raise WsiheatError(f"{what}: expected comma-separated numbers, got {value!r}") from None
 
 
-def _lesion_ground_truth_options(f):
+def lesion_ground_truth_options(f):
     """RESULTS, ground truth (after RESULTS or -g), --reference, --mpp, --level: shared by froc and tune."""
     for deco in reversed([
         click.argument("results", type=click.Path()),
@@ -134,13 +134,13 @@ def _lesion_ground_truth_options(f):
     return f
 
 
-def _float_list(ctx, param, value: str) -> list[float]:
-    """Click callback: a non-empty comma-separated list of numbers (:func:`_parse_floats`)."""
-    vals = _parse_floats(value, f"--{param.name.replace('_', '-')}")
+def float_list(ctx, param, value: str) -> list[float]:
+    """Click callback: a non-empty comma-separated list of numbers (:func:`parse_floats`)."""
+    vals = parse_floats(value, f"--{param.name.replace('_', '-')}")
     if not vals:
         raise click.BadParameter(f"{value!r}: give at least one number")
     return list(vals)
-def _parse_grid(text: str) -> tuple[int, int]:
+def parse_grid(text: str) -> tuple[int, int]:
     rows, sep, cols = text.lower().partition("x")
     try:
         if not sep:

@@ -71,8 +71,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from wsiheat.errors import WsiheatError
-from wsiheat.evaluation.inputs import _check_inside, _match_names
-from wsiheat.evaluation.metrics import _check_bootstrap, _percentile_interval
+from wsiheat.evaluation.inputs import check_inside, match_names
+from wsiheat.evaluation.metrics import check_bootstrap, percentile_interval
 
 #: Level-0 pixel size of CAMELYON16 slides (µm/px) used by Evaluation_FROC.py.
 CAMELYON16_MPP = 0.243
@@ -100,7 +100,7 @@ def itc_threshold(mpp: float = CAMELYON16_MPP, level: int = EVALUATION_MASK_LEVE
     return ITC_UM / (mpp * 2 ** level)
 
 
-def _check_mpp_level(mpp: float, level: int) -> None:
+def check_mpp_level(mpp: float, level: int) -> None:
     if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
         raise WsiheatError(f"level-0 pixel size must be a positive number of µm (got {mpp!r})")
     if not (isinstance(level, (int, np.integer)) and 0 <= level <= 16):
@@ -125,7 +125,7 @@ def evaluation_mask(tumor: np.ndarray, mpp: float = CAMELYON16_MPP, level: int =
         Lesion labels 1..n (8-connectivity), 0 outside: tumor grown by
         ``distance < 75 / (mpp * 2**level * 2)`` level pixels, holes filled.
     """
-    _check_mpp_level(mpp, level)
+    check_mpp_level(mpp, level)
     tumor = np.asarray(tumor) != 0
     if tumor.ndim != 2:
         raise WsiheatError(f"evaluation mask: tumor mask must be 2-D (got shape {tumor.shape})")
@@ -186,7 +186,7 @@ def itc_labels(labels: np.ndarray, mpp: float = CAMELYON16_MPP, level: int = EVA
     """
     from skimage import measure
 
-    _check_mpp_level(mpp, level)
+    check_mpp_level(mpp, level)
     thr = itc_threshold(mpp, level)
     rows = np.flatnonzero(np.asarray(labels).any(axis=1))
     if rows.size == 0:
@@ -336,7 +336,7 @@ def bootstrap_froc_ci(matches: Sequence[SlideMatch], n_boot: int = 1000, confide
         ``low, high, confidence, n_boot, n_used, seed`` (resamples without
         a lesion are skipped); low/high NaN when no resample was usable.
     """
-    _check_bootstrap(n_boot, confidence)
+    check_bootstrap(n_boot, confidence)
     if not matches:
         raise WsiheatError("FROC: no slides")
     rng = np.random.default_rng(seed)
@@ -349,7 +349,7 @@ def bootstrap_froc_ci(matches: Sequence[SlideMatch], n_boot: int = 1000, confide
             continue
         fps, sens, _ = froc_curve([matches[i] for i in idx])
         scores.append(froc_score(fps, sens, eval_fps)[0])
-    lo, hi = _percentile_interval(scores, confidence)
+    lo, hi = percentile_interval(scores, confidence)
     return {"low": lo, "high": hi, "confidence": confidence, "n_boot": n_boot, "n_used": len(scores), "seed": seed}
 
 
@@ -399,15 +399,15 @@ def froc_from_arrays(detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
         slide -> boolean tumor mask at ``level`` (covering the slide), or None
         for a slide without tumor. Same keys as ``detections``.
     """
-    _check_mpp_level(mpp, level)
-    _match_names(detections.keys(), tumor_masks.keys(), "detections", "ground truth")
+    check_mpp_level(mpp, level)
+    match_names(detections.keys(), tumor_masks.keys(), "detections", "ground truth")
     matches, lesions = [], []
     for name in sorted(detections):
         probs, xs, ys = detections[name]
         tumor = tumor_masks[name]
         if tumor is None or not np.asarray(tumor).any():
             if tumor is not None:
-                _check_inside(name, xs, ys, np.asarray(tumor).shape, level)
+                check_inside(name, xs, ys, np.asarray(tumor).shape, level)
             matches.append(match_detections(probs, xs, ys, None, name=name))
             continue
         tumor = np.asarray(tumor)

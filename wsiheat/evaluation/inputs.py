@@ -85,7 +85,7 @@ def read_slide_scores(results: str | os.PathLike, score: str = "score") -> dict[
     if not results.exists():
         raise WsiheatError(f"{results}: no such file or folder")
     if results.is_dir():
-        for meta in _read_result_jsons(results).values():
+        for meta in read_result_jsons(results).values():
             if score not in meta:
                 raise WsiheatError(f"{meta['_path']}: no {score!r} field (written by wsiheat heatmap)")
             scores[meta["slide"]] = _check_prob(meta[score], f"{meta['_path']}: {score}")
@@ -208,7 +208,7 @@ def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _read_result_jsons(folder: Path) -> dict[str, dict[str, Any]]:
+def read_result_jsons(folder: Path) -> dict[str, dict[str, Any]]:
     """Heatmap per-slide JSONs (with 'slide' and 'score') in a folder, by slide name."""
     from wsiheat.inference.outputs import result_summaries
 
@@ -234,7 +234,7 @@ def _check_prob(value: Any, where: str) -> float:
     return v
 
 
-def _check_inside(name: str, xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...], level: int) -> None:
+def check_inside(name: str, xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...], level: int) -> None:
     d = 2 ** level
     if xs.size and (xs.max() // d >= shape[1] or ys.max() // d >= shape[0]):
         i = int(np.argmax((xs // d >= shape[1]) | (ys // d >= shape[0])))
@@ -249,17 +249,17 @@ def _strip(name: str, *suffixes: str) -> str:
     return name
 
 
-def _names(names: Sequence[str], limit: int = 5) -> str:
+def short_list(names: Sequence[str], limit: int = 5) -> str:
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _match_names(a: Iterable[str], b: Iterable[str], a_where: str, b_where: str) -> None:
+def match_names(a: Iterable[str], b: Iterable[str], a_where: str, b_where: str) -> None:
     """Refuse slide names present in one source and not the other (both directions)."""
     a, b = set(a), set(b)
     only_a, only_b = sorted(a - b), sorted(b - a)
     if only_a:
-        raise WsiheatError(f"{a_where}: slide(s) {_names(only_a)} have no match in {b_where}")
+        raise WsiheatError(f"{a_where}: slide(s) {short_list(only_a)} have no match in {b_where}")
     if only_b:
-        raise WsiheatError(f"{b_where}: slide(s) {_names(only_b)} have no match in {a_where}")
+        raise WsiheatError(f"{b_where}: slide(s) {short_list(only_b)} have no match in {a_where}")

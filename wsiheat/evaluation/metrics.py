@@ -20,7 +20,7 @@ from wsiheat.errors import WsiheatError
 # ROC primitives
 # =====================================================================================
 
-def _check_labels_scores(labels: np.ndarray, scores: np.ndarray, what: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+def check_labels_scores(labels: np.ndarray, scores: np.ndarray, what: str = "scores") -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.ndim != 1 or scores.ndim != 1 or labels.shape != scores.shape:
@@ -80,7 +80,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     float
         The AUC, or NaN when only one class is present.
     """
-    y, s = _check_labels_scores(labels, scores)
+    y, s = check_labels_scores(labels, scores)
     n1 = int(y.sum())
     n0 = y.size - n1
     if n1 == 0 or n0 == 0:
@@ -99,7 +99,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
         lowest score; thresholds decreasing. When a class is absent its rate is
         NaN.
     """
-    y, s = _check_labels_scores(labels, scores)
+    y, s = check_labels_scores(labels, scores)
     order = np.argsort(-s, kind="mergesort")
     s_sorted, y_sorted = s[order], y[order]
     last_of_group = np.flatnonzero(np.append(s_sorted[1:] != s_sorted[:-1], True)) if s.size else np.array([], int)
@@ -135,7 +135,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
         specificity, precision, f1, confusion_matrix`` (``[[TN, FP], [FN, TP]]``).
         Rates whose denominator is 0 are NaN.
     """
-    y, s = _check_labels_scores(labels, scores)
+    y, s = check_labels_scores(labels, scores)
     pred = s >= threshold
     tp = int((pred & y).sum())
     fp = int((pred & ~y).sum())
@@ -161,14 +161,14 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     }
 
 
-def _check_bootstrap(n_boot: int, confidence: float) -> None:
+def check_bootstrap(n_boot: int, confidence: float) -> None:
     if n_boot < 1:
         raise WsiheatError(f"bootstrap: number of resamples must be >= 1 (got {n_boot})")
     if not 0 < confidence < 1:
         raise WsiheatError(f"bootstrap: confidence must be in (0, 1) (got {confidence})")
 
 
-def _percentile_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
+def percentile_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
     """(low, high) percentiles of bootstrap values at a two-sided level; NaN, NaN without values."""
     if len(values) == 0:
         return float("nan"), float("nan")
@@ -197,8 +197,8 @@ def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000,
         ``low, high, confidence, n_boot, n_used`` (resamples with a single
         class are skipped); low/high NaN when no resample was usable.
     """
-    _check_bootstrap(n_boot, confidence)
-    y, s = _check_labels_scores(labels, scores)
+    check_bootstrap(n_boot, confidence)
+    y, s = check_labels_scores(labels, scores)
     rng = np.random.default_rng(seed)
     aucs = []
     n = y.size
@@ -210,7 +210,7 @@ def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000,
             continue
         ranks = average_ranks(s[idx])
         aucs.append((ranks[yy].sum() - n1 * (n1 + 1) / 2.0) / (n1 * (n - n1)))
-    lo, hi = _percentile_interval(aucs, confidence)
+    lo, hi = percentile_interval(aucs, confidence)
     return {"low": lo, "high": hi, "confidence": confidence, "n_boot": n_boot, "n_used": len(aucs), "seed": seed}
 
 
@@ -246,8 +246,8 @@ def bootstrap_patch_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarra
         skipped), ``seed``, ``threshold``. NaN bounds when no resample was
         usable.
     """
-    _check_bootstrap(n_boot, confidence)
-    y, s = _check_labels_scores(labels, scores, "patches")
+    check_bootstrap(n_boot, confidence)
+    y, s = check_labels_scores(labels, scores, "patches")
     if y.size == 0:
         raise WsiheatError("patches: no patches to resample")
     members = None  # per group, its patch indices (None: every patch is its own group)
@@ -271,7 +271,7 @@ def bootstrap_patch_ci(labels: np.ndarray, scores: np.ndarray, groups: np.ndarra
         aucs.append(roc_auc(yy, ss))
         pred = ss >= threshold
         baccs.append(0.5 * (pred[yy].mean() + (~pred[~yy]).mean()))
-    bounds = {k: dict(zip(("low", "high"), _percentile_interval(v, confidence)))
+    bounds = {k: dict(zip(("low", "high"), percentile_interval(v, confidence)))
               for k, v in (("auc", aucs), ("balanced_accuracy", baccs))}
     return {**bounds,
             "unit": "patch" if members is None else "slide", "n_units": n_units, "confidence": confidence,

@@ -44,34 +44,34 @@ from wsiheat.errors import WsiheatError
 from wsiheat.evaluation.froc import (
     CAMELYON16_MPP,
     EVALUATION_MASK_LEVEL,
-    _check_mpp_level,
     bootstrap_froc_ci,
+    check_mpp_level,
     froc_from_arrays,
     froc_tumor_mask,
     itc_threshold,
     margin_threshold,
 )
 from wsiheat.evaluation.inputs import (
-    _match_names,
-    _names,
-    _read_result_jsons,
     find_detection_files,
     find_ground_truth,
+    match_names,
     read_detections,
     read_patch_rows,
     read_reference_csv,
+    read_result_jsons,
     read_slide_scores,
+    short_list,
 )
 from wsiheat.evaluation.metrics import (
-    _check_labels_scores,
     binary_metrics,
     bootstrap_auc_ci,
     bootstrap_patch_ci,
+    check_labels_scores,
     roc_auc,
     roc_curve,
     youden_threshold,
 )
-from wsiheat.fileio import atomic_path, ensure_out_dir
+from wsiheat.fileio import atomic_path, ensure_out_dir, save_figure
 from wsiheat.inference.gallery import plot_gallery
 from wsiheat.inference.predict import predict_patches
 
@@ -95,7 +95,7 @@ def patch_report(labels: np.ndarray, scores: np.ndarray, slide_ids: np.ndarray |
         None with a single class) and ``per_slide`` (one entry per slide present: ``slide, n, n_tumor, auc``
         (NaN with a single class), ``at_0.5``).
     """
-    y, s = _check_labels_scores(labels, scores, "patches")
+    y, s = check_labels_scores(labels, scores, "patches")
     if y.size == 0:
         raise WsiheatError("patches: no patches to evaluate")
     yt = youden_threshold(y, s)
@@ -138,7 +138,7 @@ def error_examples(labels: np.ndarray, scores: np.ndarray, k: int = 16,
         Row indices: normal rows called tumor, most probable first; tumor rows
         called normal, least probable first (ties by row order).
     """
-    y, s = _check_labels_scores(labels, scores, "patches")
+    y, s = check_labels_scores(labels, scores, "patches")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     fp = np.flatnonzero((y == 0) & (s >= threshold))
@@ -223,7 +223,7 @@ def slide_report(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, n
         where ``slides`` is a list of ``{slide, score, label, rank}`` sorted by
         decreasing score (rank 1 = highest; ties broken by name).
     """
-    y, s = _check_labels_scores(labels, scores, "slides")
+    y, s = check_labels_scores(labels, scores, "slides")
     if len(names) != y.size:
         raise WsiheatError(f"slides: {len(names)} names for {y.size} scores")
     n1 = int(y.sum())
@@ -269,12 +269,12 @@ def evaluate_slides(results: str | os.PathLike, out_dir: str | os.PathLike,
     scores = read_slide_scores(results, score)
     if reference is not None:
         ref = read_reference_csv(reference)
-        _match_names(scores.keys(), ref.keys(), str(results), str(reference))
+        match_names(scores.keys(), ref.keys(), str(results), str(reference))
     else:
         from wsiheat.wsi.annotations.groundtruth import load_ground_truth
         gt_files = find_ground_truth(ground_truth)
-        _match_names(scores.keys(), gt_files.keys(), str(results), "ground truth")
-        dims = {n: m.get("dimensions") for n, m in _read_result_jsons(results).items()} if results.is_dir() else {}
+        match_names(scores.keys(), gt_files.keys(), str(results), "ground truth")
+        dims = {n: m.get("dimensions") for n, m in read_result_jsons(results).items()} if results.is_dir() else {}
         ref = {}
         for name, p in gt_files.items():
             d = dims.get(name)
@@ -331,24 +331,24 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
 
     from wsiheat.wsi.annotations.groundtruth import load_ground_truth
 
-    _check_mpp_level(mpp, level)
+    check_mpp_level(mpp, level)
     results = Path(results)
     det_files = find_detection_files(results)
     gt_files = find_ground_truth(ground_truth) if ground_truth else {}
     ref = read_reference_csv(reference) if reference is not None else None
     gt_where = ", ".join(str(g) for g in ground_truth) if ground_truth else "ground truth"
     if ref is None:
-        _match_names(det_files.keys(), gt_files.keys(), str(results), gt_where)
+        match_names(det_files.keys(), gt_files.keys(), str(results), gt_where)
     else:
-        _match_names(det_files.keys(), ref.keys(), str(results), str(reference))
+        match_names(det_files.keys(), ref.keys(), str(results), str(reference))
         extra = sorted(set(gt_files) - set(ref))
         if extra:
-            raise WsiheatError(f"{gt_where}: ground truth for {_names(extra)} which {reference} does not list")
+            raise WsiheatError(f"{gt_where}: ground truth for {short_list(extra)} which {reference} does not list")
         missing = sorted(n for n, lab in ref.items() if lab == 1 and n not in gt_files)
         if missing:
-            raise WsiheatError(f"{gt_where}: no ground truth for tumor slide(s) {_names(missing)} "
+            raise WsiheatError(f"{gt_where}: no ground truth for tumor slide(s) {short_list(missing)} "
                                f"(labeled tumor in {reference})")
-    metas = _read_result_jsons(results) if results.is_dir() else {}
+    metas = read_result_jsons(results) if results.is_dir() else {}
     detections, masks = {}, {}
     for name in tqdm(sorted(det_files), desc="FROC", unit="slide", disable=None if progress else True):
         # an empty CSV is a legitimate "no lesion" when wsiheat heatmap wrote it and says so
@@ -430,7 +430,7 @@ def plot_roc(path: str | os.PathLike, fpr: np.ndarray, tpr: np.ndarray, title: s
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
            ylabel="True positive rate (sensitivity)", title=title)
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path, tight_layout=True)
 
 
 def plot_froc(path: str | os.PathLike, fps: np.ndarray, sens: np.ndarray, eval_fps: Sequence[float],
@@ -448,7 +448,7 @@ def plot_froc(path: str | os.PathLike, fps: np.ndarray, sens: np.ndarray, eval_f
     ax.set_xticklabels(["0", "0.25", "0.5", "1", "2", "4", "8"])
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
-    _save(fig, path)
+    save_figure(fig, path, tight_layout=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -474,17 +474,6 @@ def _figure():
 
     fig, ax = plt.subplots(figsize=(6, 5.5), dpi=100)
     return fig, ax
-
-
-def _save(fig, path: str | os.PathLike) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -18,15 +18,15 @@ from wsiheat.errors import WsiheatError
 from wsiheat.evaluation.froc import (
     CAMELYON16_MPP,
     EVALUATION_MASK_LEVEL,
-    _check_mpp_level,
     bootstrap_froc_ci,
+    check_mpp_level,
     froc_from_arrays,
     froc_tumor_mask,
 )
-from wsiheat.evaluation.inputs import _names, find_ground_truth, read_reference_csv
+from wsiheat.evaluation.inputs import find_ground_truth, read_reference_csv, short_list
 from wsiheat.evaluation.metrics import roc_auc
-from wsiheat.evaluation.reports import _save, write_csv, write_json
-from wsiheat.fileio import ensure_out_dir
+from wsiheat.evaluation.reports import write_csv, write_json
+from wsiheat.fileio import ensure_out_dir, save_figure
 from wsiheat.postprocess.lesions import postprocess_scores
 
 
@@ -60,7 +60,7 @@ def load_maps_and_masks(results: str | os.PathLike, ground_truth: Sequence[str |
     gt_where = ", ".join(str(g) for g in ground_truth) if ground_truth else "ground truth"
     extra = sorted(set(gt_files) - set(files))
     if extra:
-        raise WsiheatError(f"{gt_where}: ground truth for {_names(extra)} which {results} has no heatmap for")
+        raise WsiheatError(f"{gt_where}: ground truth for {short_list(extra)} which {results} has no heatmap for")
     maps, masks = {}, {}
     for name in tqdm(sorted(files), desc="read heatmaps", unit="slide", disable=None if progress else True):
         hm = read_heatmap(files[name])
@@ -134,7 +134,7 @@ def fit_scorer(results: str | os.PathLike, ground_truth: Sequence[str | os.PathL
     """
     from wsiheat.postprocess.scorer import fit_lesion_scorer, save_scorer
 
-    _check_mpp_level(mpp, level)
+    check_mpp_level(mpp, level)
     names, maps, masks = load_maps_and_masks(results, ground_truth, reference, level, progress)
     models = sorted({str(maps[n].attrs.get("model", "")) for n in names})
     fitted = {"results": str(results), "slides": len(names),
@@ -207,7 +207,7 @@ def tune_postprocessing(results: str | os.PathLike, ground_truth: Sequence[str |
     """
     from tqdm import tqdm
 
-    _check_mpp_level(mpp, level)
+    check_mpp_level(mpp, level)
     grid = {"smooth": [float(v) for v in smooth], "lesion_threshold": [float(v) for v in lesion_threshold],
             "nms_radius": [float(v) for v in nms_radius]}
     for key, vals in grid.items():
@@ -287,4 +287,4 @@ def plot_tuning(path: str | os.PathLike, rows: Sequence[dict[str, Any]], grid: d
     for ax in axes:
         ax.grid(True, alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path, tight_layout=True)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wsiheat.fileio import atomic_path
+from wsiheat.fileio import save_figure
 
 
 def plot_gallery(path: str | os.PathLike, groups: Sequence[tuple[str, np.ndarray, Sequence[str]]],
@@ -38,7 +38,7 @@ def plot_gallery(path: str | os.PathLike, groups: Sequence[tuple[str, np.ndarray
     if not groups:
         fig = plt.figure(figsize=(6, 1.2), dpi=100)
         fig.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=12)
-        _save(fig, path)
+        save_figure(fig, path)
         return
     towers = int(groups[0][1].shape[1])
     lines = [max(1, math.ceil(len(g[1]) / columns)) for g in groups]
@@ -58,14 +58,6 @@ def plot_gallery(path: str | os.PathLike, groups: Sequence[tuple[str, np.ndarray
                 parts += [gap, img[t]]
             ax.imshow(np.concatenate(parts, axis=1), interpolation="antialiased")
             ax.set_title(cap, fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)

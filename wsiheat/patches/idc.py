@@ -120,7 +120,7 @@ def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
 # ------------------------------------------------------------------------------------
 # IDC data set
 # ------------------------------------------------------------------------------------
-def _check_idc_dir(idc_dir: str | os.PathLike) -> Path:
+def check_idc_dir(idc_dir: str | os.PathLike) -> Path:
     idc = Path(idc_dir)
     if not idc.exists():
         raise WsiheatError(f"{idc}: no such folder (expected IDC patches as PATIENT/CLASS/*.png)")
@@ -142,7 +142,7 @@ def list_patients(idc_dir: str | os.PathLike) -> list[str]:
     WsiheatError
         When the folder is missing or holds no patient folder.
     """
-    idc = _check_idc_dir(idc_dir)
+    idc = check_idc_dir(idc_dir)
     patients = sorted(p.name for p in idc.iterdir()
                       if p.is_dir() and ((p / "0").is_dir() or (p / "1").is_dir()))
     if not patients:
@@ -171,7 +171,7 @@ def list_patches(idc_dir: str | os.PathLike, patients: Sequence[str]) -> dict[in
     WsiheatError
         For an unknown patient.
     """
-    idc = _check_idc_dir(idc_dir)
+    idc = check_idc_dir(idc_dir)
     out: dict[int, list[str]] = {0: [], 1: []}
     for pid in sorted(set(patients)):
         pdir = idc / pid

@@ -45,7 +45,7 @@ import numpy as np
 
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path
-from wsiheat.patches.idc import PATCH_PX, SOURCE_MPP, _check_idc_dir, list_patches
+from wsiheat.patches.idc import PATCH_PX, SOURCE_MPP, check_idc_dir, list_patches
 from wsiheat.patches.mosaic_layout import plan_layout, region_outlines
 from wsiheat.wsi.annotations.asap import asap_xml
 from wsiheat.wsi.pyramid import down2, write_pyramid
@@ -204,7 +204,7 @@ def build_mosaic(idc_dir: str | os.PathLike, patients: Sequence[str], out_slide:
     WsiheatError
         Unknown patients, no class-1 patch for a tumor slide, bad parameters.
     """
-    idc = _check_idc_dir(idc_dir)
+    idc = check_idc_dir(idc_dir)
     out_slide = Path(out_slide)
     patients = sorted(set(patients))
     if not patients:

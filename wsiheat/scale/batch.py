@@ -43,7 +43,7 @@ from wsiheat import defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import ensure_out_dir
 from wsiheat.scale.runner import run_slides
-from wsiheat.scale.tasks import SlideTask, _check_unique
+from wsiheat.scale.tasks import SlideTask, check_unique
 
 # --- extraction over many slides -------------------------------------------------------
 
@@ -138,7 +138,7 @@ def extract_many(tasks: Sequence[SlideTask], output: str | os.PathLike, *, worke
         raise WsiheatError(f"{output}: is a folder; give a file name such as {output / 'patches.h5'}")
     check_writable_dir(output)
     tasks = list(tasks)
-    _check_unique(tasks, "slides")
+    check_unique(tasks, "slides")
     present: set[str] = set()
     if output.exists():
         with open_patches(output) as pf:
@@ -272,7 +272,7 @@ def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_
 
     t0 = time.perf_counter()
     tasks = list(tasks)
-    _check_unique(tasks, "slides")
+    check_unique(tasks, "slides")
     read_metadata(model_path)  # fail fast on a bad model file, here rather than on every worker
     out = ensure_out_dir(out_dir)
     distributed = bool(workers or scheduler or client)  # other processes: an absolute model path

@@ -15,7 +15,7 @@ import uuid
 from typing import Callable, Sequence
 
 from wsiheat.errors import WsiheatError
-from wsiheat.scale.tasks import SlideResult, SlideTask, _error_text
+from wsiheat.scale.tasks import SlideResult, SlideTask, error_text
 
 
 def _timed(fn: Callable, task: SlideTask) -> tuple[dict, float, str]:
@@ -68,7 +68,7 @@ def start_client(workers: int = 0, scheduler: str | None = None):
         try:
             return Client(scheduler, timeout="20s"), None
         except (OSError, TimeoutError) as exc:
-            raise WsiheatError(f"{scheduler}: cannot connect to the Dask scheduler ({_error_text(exc)})") from None
+            raise WsiheatError(f"{scheduler}: cannot connect to the Dask scheduler ({error_text(exc)})") from None
     if workers < 1:
         raise WsiheatError(f"workers must be >= 1 for a local cluster, got {workers}")
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -166,7 +166,7 @@ def _run_local(tasks, todo, fn, retries, results, prog) -> None:
             try:
                 out, secs, where = _timed(fn, t)
             except Exception as exc:  # noqa: BLE001 - a slide's failure is reported, not raised
-                errors.append(_error_text(exc))
+                errors.append(error_text(exc))
                 secs = time.perf_counter() - t0
                 continue
             results[i] = SlideResult(t.name, "done", None, secs, out, attempt + 1, errors, where)
@@ -203,7 +203,7 @@ def _run_dask(client, tasks, todo, fn, retries, results, prog, resources, desc) 
             results[i] = SlideResult(t.name, "done", None, secs, out, attempt + 1, errors[i], where)
         else:
             exc = fut.exception()
-            errors[i].append(_error_text(exc) if exc is not None else f"task {fut.status}")
+            errors[i].append(error_text(exc) if exc is not None else f"task {fut.status}")
             if attempt < retries:
                 new = submit(i, attempt + 1)
                 futures[new] = (i, attempt + 1)

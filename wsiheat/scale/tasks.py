@@ -43,7 +43,7 @@ class SlideTask:
     split: str | None = None
 
 
-def _check_unique(tasks: Sequence[SlideTask], source: str) -> None:
+def check_unique(tasks: Sequence[SlideTask], source: str) -> None:
     seen: dict[str, str] = {}
     for t in tasks:
         if t.name in seen:
@@ -115,7 +115,7 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[Sli
         tasks.append(SlideTask(slide_name(sp), str(sp), str(gp) if gp else None, row.get("split") or None))
     if not tasks:
         raise WsiheatError(f"{path}: no slides in the manifest" + (f" with split {split}" if split else ""))
-    _check_unique(tasks, str(path))
+    check_unique(tasks, str(path))
     return tasks
 
 
@@ -133,7 +133,7 @@ def tasks_from_paths(slides: Iterable[str | os.PathLike],
         if g is not None and not Path(g).exists():
             raise WsiheatError(f"{g}: no such ground-truth file")
         tasks.append(SlideTask(slide_name(s), s, str(g) if g is not None else None))
-    _check_unique(tasks, "slides")
+    check_unique(tasks, "slides")
     return tasks
 
 
@@ -171,7 +171,7 @@ class SlideResult:
     worker: str = ""
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     """One line: a user error's own message; any other exception's type, then its message."""
     text = " ".join(str(exc).split())
     if isinstance(exc, WsiheatError) and text:

@@ -31,7 +31,7 @@ import numpy as np
 
 from wsiheat.errors import GroundTruthError, WsiheatError
 from wsiheat.wsi.annotations.asap import read_asap_xml
-from wsiheat.wsi.annotations.jsonfmt import _is_empty_camelyon_json, read_json_annotations
+from wsiheat.wsi.annotations.jsonfmt import is_empty_camelyon_json, read_json_annotations
 from wsiheat.wsi.annotations.raster import asap_level_mask, rasterize_polygons
 from wsiheat.wsi.slide import Slide
 
@@ -358,7 +358,7 @@ def _read_mask(path: Path, slide_dimensions):
 
 def _read_json(path: Path, slide_dimensions):
     pos, neg = read_json_annotations(path)
-    if not pos and _is_empty_camelyon_json(path):
+    if not pos and is_empty_camelyon_json(path):
         # {"positive": [], "negative": []}: a normal slide, annotated as such
         return PolygonGroundTruth([], [], path, slide_dimensions)
     return pos, neg

@@ -86,7 +86,7 @@ def read_json_annotations(path: str | os.PathLike) -> tuple[list[np.ndarray], li
     raise GroundTruthError(f"{path}: JSON is neither CAMELYON16 annotations (positive/negative) nor GeoJSON")
 
 
-def _is_empty_camelyon_json(path: Path) -> bool:
+def is_empty_camelyon_json(path: Path) -> bool:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
