@@ -1,53 +1,30 @@
 """Shared pytest fixtures for wsiheat.
 
-* ``shared_data``: the read-only real data folder ``../shared/data`` (skips the
-  test when it is absent).
+* ``shared_data``: the read-only real data folder ``../shared/data`` (a test that
+  needs it fails when it is absent; see ``tests/_helpers.py``).
 * ``write_pyramid_tiff`` / ``write_mask_tiff`` (from ``tests/_tiff.py``, also
   importable as ``from _tiff import write_pyramid_tiff``): small pyramidal
   tiled TIFFs that OpenSlide opens with all their levels.
 * ``pyramid_slide``: a factory fixture writing such a slide into ``tmp_path``.
-* ``loopback_hosts`` / ``run_tf_workers``: a ``TF_CONFIG`` cluster of local
-  processes on 127.0.0.1 (multi-worker training tests).
+
+Plain helper functions (``shared_path``, ``write_patches``, ``loopback_hosts``,
+``run_tf_workers``) live in ``tests/_helpers.py``: import them from there, not from a
+conftest (each test folder may have its own conftest).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import missing_shared, shared_path  # noqa: E402
 from _tiff import write_mask_tiff, write_pyramid_tiff  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO / ".." / "shared" / "data"
-
-
-#: Outside this workplace (no ``../shared`` beside the clone) set this variable to 1 to skip
-#: the tests that need the real data there; in CI they fail loudly when it is missing.
-ALLOW_MISSING_SHARED = os.environ.get("WSIHEAT_ALLOW_MISSING_SHARED") == "1"
-
-
-def _missing(what: str) -> None:
-    if ALLOW_MISSING_SHARED:
-        pytest.skip(f"{what} (WSIHEAT_ALLOW_MISSING_SHARED=1)")
-    pytest.fail(f"{what}: these tests need ../shared/data beside the clone "
-                "(set WSIHEAT_ALLOW_MISSING_SHARED=1 to skip them outside CI)", pytrace=False)
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data; fails (or skips, see ALLOW_MISSING_SHARED) when it does not exist."""
-    p = SHARED_DATA.joinpath(*parts)
-    if not p.exists():
-        _missing(f"real data not available: {p}")
-    return p
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +40,7 @@ def real_slides(shared_data: Path) -> dict[str, Path]:
     out = {"tcga": d / "tcga-cr-7395-01a-01-ts1.svs", "cmu": d / "cmu-1-small-region.svs"}
     missing = [str(p) for p in out.values() if not p.exists()]
     if missing:
-        _missing(f"real slides not available: {missing}")
+        missing_shared(f"real slides not available: {missing}")
     return out
 
 
@@ -82,70 +59,3 @@ def pyramid_slide(tmp_path: Path):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
-
-
-def loopback_hosts(n: int) -> list[str]:
-    """``n`` distinct free ``127.0.0.1:PORT`` addresses (ports held together while chosen)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def run_tf_workers(argvs: list[list[str]], hosts: list[str], timeout: float, cwd=None,
-                   extra_env: list[dict] | None = None) -> list[str]:
-    """Run one process per worker of a ``TF_CONFIG`` cluster on the CPU; their outputs.
-
-    Worker ``i`` runs ``argvs[i]`` with ``TF_CONFIG`` naming it task ``i`` of
-    ``hosts`` and the repository on ``PYTHONPATH``. Every process must exit 0
-    (the assertion shows the end of a failing one's output); any still running
-    after ``timeout`` seconds or an error is killed.
-    """
-    procs = []
-    try:
-        for i, argv in enumerate(argvs):
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
-                       PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                       TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}),
-                       **(extra_env[i] if extra_env else {}))
-            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd))
-        outs = [p.communicate(timeout=timeout)[0].decode(errors="replace") for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-    return outs
-
-
-def write_patches(path, images, labels, slide_ids, slides, *, fmt="wsiheat-patches", version=1,
-                  downsamples=None, chunk=8):
-    """An HDF5 patches file following the contract exactly."""
-    n, t = images.shape[:2]
-    with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=images,
-                         chunks=(max(1, min(chunk, n)),) + images.shape[1:] if n else None)
-        f.create_dataset("labels", data=np.asarray(labels, np.uint8))
-        f.create_dataset("centers", data=np.zeros((n, 2), np.int64))
-        f.create_dataset("slide_ids", data=np.asarray(slide_ids, np.int32))
-        st = h5py.string_dtype()
-        f.create_dataset("slides", data=np.array(slides, dtype=object), dtype=st)
-        f.create_dataset("slide_info", data=np.array([json.dumps({"name": s}) for s in slides],
-                                                     dtype=object), dtype=st)
-        if fmt is not None:
-            f.attrs["format"] = fmt
-        f.attrs["schema_version"] = version
-        f.attrs["window"] = images.shape[2]
-        f.attrs["center"] = 10
-        f.attrs["stride"] = 10
-        f.attrs["levels"] = np.array([0, 2][:t] + [-1] * max(0, t - 2), np.int64)
-        f.attrs["downsamples"] = np.array(downsamples or [1.0, 4.0][:t] + [16.0] * max(0, t - 2))
-        f.attrs["tissue_threshold"] = 0.5
-        f.attrs["wsiheat_version"] = "test"
-        f.attrs["params"] = json.dumps({"test": True})
-    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_path, write_patches
+from _helpers import shared_path, write_patches
 from PIL import Image
 from scipy import ndimage as nd
 from skimage import draw, measure
@@ -1060,7 +1060,7 @@ def write_tune_case(tmp_path):
     T: a 6x6-cell tumor block at p 0.8 in tissue at 0.05, matching its mask.
     N: normal tissue at 0.05 with one isolated cell at 0.95 (a lone false positive).
     """
-    from conftest import write_mask_tiff
+    from _tiff import write_mask_tiff
 
     from wsiheat.inference.outputs import HEATMAP_FORMAT, write_raw
 

@@ -17,7 +17,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from conftest import shared_path
+from _helpers import shared_path
 
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.extract import extract_to_file

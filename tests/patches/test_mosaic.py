@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import shared_path
+from _helpers import shared_path
 from PIL import Image
 from skimage.draw import polygon as draw_polygon
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-from conftest import loopback_hosts, run_tf_workers
+from _helpers import loopback_hosts, run_tf_workers
 
 from wsiheat.errors import WsiheatError
 from wsiheat.scale.batch import extract_many

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import shared_path, write_patches
+from _helpers import shared_path, write_patches
 
 from wsiheat.errors import WsiheatError
 

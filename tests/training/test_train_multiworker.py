@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import loopback_hosts, run_tf_workers
+from _helpers import loopback_hosts, run_tf_workers
 from test_train import make_data, write_patches
 
 REPO = Path(__file__).resolve().parents[2]
