@@ -13,7 +13,7 @@ when a model is built or loaded)::
     wsiheat.train("patches.h5", "model.keras", epochs=10)
     model = wsiheat.HeatmapModel.load("model.keras")
     hm = model.predict_slide("test_001.tif")     # in memory: probabilities, tissue, score, lesions
-    hm.save("results/")                          # the seven files `wsiheat heatmap` writes
+    hm.save("results/")                          # the nine files `wsiheat heatmap` writes
     wsiheat.evaluate_froc("results/", ["masks/"], out_dir="eval/")
 """
 

@@ -109,7 +109,7 @@ class HeatmapModel:
 
         ``options`` are those of ``compute_heatmap`` (``tissue_threshold``,
         ``smooth``, ``lesion_threshold``, ``lesion_scorer``, ``progress``, ...).
-        Call :meth:`Heatmap.save` on the result to write the seven output files.
+        Call :meth:`Heatmap.save` on the result to write the nine output files.
         """
         from wsiheat.inference.heatmap import compute_heatmap
 

@@ -67,7 +67,7 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
                     progress: bool = False) -> Heatmap:
     """Compute the heatmap of one slide in memory: probabilities, tissue, lesions, score.
 
-    Nothing is written; :meth:`Heatmap.save` writes the seven output files.
+    Nothing is written; :meth:`Heatmap.save` writes the nine output files.
 
     Parameters
     ----------
@@ -246,7 +246,7 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
 
 def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir: str | os.PathLike,
                   name: str | None = None, **options) -> dict:
-    """Compute the heatmap of one slide and write its seven output files into ``out_dir``.
+    """Compute the heatmap of one slide and write its nine output files into ``out_dir``.
 
     ``compute_heatmap(slide_path, model, metadata, name, **options).save(out_dir)``,
     with the output folder checked first. Returns the slide summary (``NAME.json``).

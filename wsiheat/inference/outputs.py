@@ -1,4 +1,4 @@
-"""The heatmap of a slide, its seven output files and the pictures in them.
+"""The heatmap of a slide, its nine output files and the pictures in them.
 
 Outputs per slide, in the output folder, ``NAME`` = the output name (the slide
 name by default); every file is written atomically:
@@ -33,10 +33,12 @@ import numpy as np
 
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import atomic_path
+from wsiheat.inference.exports import ASAP_SUFFIX, QUPATH_SUFFIX, write_viewer_files
 from wsiheat.wsi.slide import Slide
 
 #: Output file suffixes, in the order they are written (the JSON last).
-OUTPUT_SUFFIXES = (".h5", ".png", "_overlay.png", "_heatmap.tif", "_lesions.csv", "_lesions.png", ".json")
+OUTPUT_SUFFIXES = (".h5", ".png", "_overlay.png", "_heatmap.tif", "_lesions.csv", "_lesions.png", QUPATH_SUFFIX,
+                   ASAP_SUFFIX, ".json")
 #: lesion candidates shown in ``NAME_lesions.png``, and the side of each view in cells
 GALLERY_LESIONS, GALLERY_CONTEXT_CELLS, GALLERY_PIXELS = 16, 6, 160
 HEATMAP_FORMAT = "wsiheat-heatmap"
@@ -166,8 +168,9 @@ class Heatmap:
                 np.floor((np.asarray(x) - ox) / s).astype(np.int64))
 
     def save(self, out_dir: str | os.PathLike, name: str | None = None) -> dict:
-        """Write the seven output files (``NAME.h5``, ``.png``, ``_overlay.png``, ``_heatmap.tif``,
-        ``_lesions.csv``, ``_lesions.png``, ``.json`` last) into ``out_dir``; return the summary.
+        """Write the nine output files (``NAME.h5``, ``.png``, ``_overlay.png``, ``_heatmap.tif``,
+        ``_lesions.csv``, ``_lesions.png``, ``_qupath.geojson``, ``_asap.xml``, ``.json`` last) into
+        ``out_dir``; return the summary.
 
         Only a computed heatmap can be saved (one read back from ``NAME.h5`` lacks
         the slide thumbnail and lesion views).
@@ -311,7 +314,7 @@ def outputs_exist(out_dir: str | os.PathLike, name: str) -> bool:
 
 
 def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = None) -> dict:
-    """Write a computed :class:`Heatmap` as the seven output files; return the summary (``NAME.json``)."""
+    """Write a computed :class:`Heatmap` as the nine output files; return the summary (``NAME.json``)."""
     import time
 
     from wsiheat.fileio import check_writable_dir, ensure_out_dir
@@ -341,14 +344,11 @@ def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = Non
         f"p >= {lesion_threshold:g} (views of {GALLERY_CONTEXT_CELLS} cells, scored cell outlined)",
         views, [f"#{i + 1}  p = {p:.3f}\nx {x:.0f}, y {y:.0f}" for i, (p, x, y) in enumerate(lesions[:len(views)])])],
         empty_text=f"{slide_name}: no lesion candidate at p >= {lesion_threshold:g}")
-    from wsiheat.inference.exports import write_viewer_files
-
-    viewer = write_viewer_files(out_dir, name, prob, tissue, cell0, hm.origin, lesions)
+    write_viewer_files(out_dir, name, prob, tissue, cell0, hm.origin, lesions)
     summary = dict(s)
     summary["name"] = name
     summary["seconds"] = round(s["seconds"] + time.perf_counter() - t0, 3)
-    summary["outputs"] = {**{k: p.name for k, p in paths.items() if k != ".json"},
-                          **{p.name[len(name):]: p.name for p in viewer.values()}, ".json": paths[".json"].name}
+    summary["outputs"] = {k: p.name for k, p in paths.items()}
     with atomic_path(paths[".json"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
