@@ -6,7 +6,8 @@ compares every output file:
 
 * ``NAME.h5`` heatmaps: probability and tissue arrays bit for bit, attributes;
 * JSON files (heatmap summaries, reports): every value, except timings, paths
-  and the version string;
+  and the version string (fields and output files the current version adds are
+  listed as new, not as differences);
 * CSV files (lesion points, tables, predictions): byte for byte;
 * PNG and TIFF pictures: decoded pixels (metadata may differ).
 
@@ -71,6 +72,14 @@ def compare(a: Path, b: Path) -> str:
     suffix = "".join(a.suffixes[-1:]).lower()
     if suffix == ".json":
         ja, jb = strip(json.loads(a.read_text())), strip(json.loads(b.read_text()))
+        if isinstance(ja, dict) and isinstance(jb, dict):
+            # files and fields the current version adds are listed as "new", not as differences
+            if isinstance(ja.get("outputs"), dict) and isinstance(jb.get("outputs"), dict):
+                jb["outputs"] = {k: v for k, v in jb["outputs"].items() if k in ja["outputs"]}
+            new = sorted(set(jb) - set(ja))
+            jb = {k: v for k, v in jb.items() if k in ja}
+            if ja == jb:
+                return f"equal (new fields: {', '.join(new)})" if new else ""
         if ja == jb:
             return ""
         keys = sorted(k for k in set(ja) | set(jb) if ja.get(k) != jb.get(k)) if isinstance(ja, dict) else ["(list)"]
@@ -136,7 +145,7 @@ def main() -> int:
                 differing += 1
                 continue
             what = compare(work / "baseline" / rel, work / "current" / rel)
-            differing += bool(what)
+            differing += bool(what) and not what.startswith("equal")
             print(f"{str(rel):<45} {what or 'equal'}")
         for rel in sorted(others - set(files)):
             print(f"{str(rel):<45} new in the current outputs")
