@@ -9,7 +9,7 @@ import click
 from wsiheat import defaults
 from wsiheat.cli.main import cli
 from wsiheat.cli.options import _bounds, _ci_text, _float_list, _lesion_ground_truth_options
-from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
+from wsiheat.inference.backends import BACKENDS, PRECISIONS  # light: no TensorFlow at import
 
 # --- evaluate ---------------------------------------------------------------------
 
@@ -35,10 +35,12 @@ def evaluate_group() -> None:
 @click.option("--batch-size", default=defaults.PREDICT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
               help="Windows per model call and per HDF5 read.")
 @click.option("--tta", is_flag=True, help="Average the 8 rotations/flips of every window (8x slower).")
-@click.option("--precision", type=click.Choice(INFER_PRECISIONS),
-              default="float32", show_default=True, help="Compute precision of the model (see heatmap --help).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Inference backend (see heatmap --help).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default="auto", show_default=True, help="Compute precision of the model (see heatmap --help).")
 def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch_size: int, tta: bool,
-                         precision: str) -> None:
+                         backend: str, precision: str) -> None:
     """Patch-level AUC, accuracy, sensitivity, specificity, F1, confusion matrices.
 
     Metrics at 0.5 and at the Youden threshold, a ROC plot, a per-slide
@@ -47,7 +49,8 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     """
     from wsiheat.evaluation.reports import evaluate_patches
 
-    rep = evaluate_patches(model_path, patches_path, out_dir, batch_size=batch_size, tta=tta, precision=precision)
+    rep = evaluate_patches(model_path, patches_path, out_dir, batch_size=batch_size, tta=tta, precision=precision,
+                           backend=backend)
 
     def f(v):
         return "n/a" if v is None or v != v else f"{v:.4f}"
@@ -67,6 +70,7 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     if ci:
         click.echo(f"  [ ]: {ci['confidence'] * 100:g}% bootstrap intervals over {ci['n_units']} "
                    f"{ci['unit']}s (of imported patches: patients)")
+    click.echo(f"inference: {rep['backend']} {rep['precision']} ({rep['precision_reason']})")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
@@ -104,6 +108,7 @@ def evaluate_slides_cmd(results: str, more_ground_truth: tuple[str, ...], refere
                           n_boot=n_boot, seed=seed, score=score_field)
     click.echo(f"slides: {rep['n']} ({rep['n_tumor']} tumor), score {score_field}  AUC {rep['auc']:.4f}  "
                f"{_ci_text(rep['auc_ci'])}")
+    click.echo(f"inference: {rep['backend']} {rep['precision']} ({rep['precision_reason']})")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
@@ -135,6 +140,7 @@ def evaluate_froc_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
                f"({rep['n_itc']} ITC ignored)  score {rep['froc_score']:.4f}  "
                f"{_ci_text(rep['froc_ci'])} (bootstrap over slides)")
     click.echo(f"  sensitivity at FPs/slide  {sens}")
+    click.echo(f"inference: {rep['backend']} {rep['precision']} ({rep['precision_reason']})")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 
@@ -185,6 +191,7 @@ def evaluate_tune_cmd(results: str, more_ground_truth: tuple[str, ...], ground_t
     click.echo(f"best slide AUC {b['slide_auc']:.4f} {where} (FROC there {b['froc']:.4f})")
     f = rep["best_froc"]
     click.echo(f"best FROC {f['froc']:.4f} {_ci_text(rep['best_froc_ci'])} (bootstrap over slides)")
+    click.echo(f"inference: {rep['backend']} {rep['precision']} ({rep['precision_reason']})")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 

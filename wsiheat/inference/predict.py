@@ -148,9 +148,12 @@ def dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return x
 
 
-def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False
+def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False, jit_compile: bool = False
                     ) -> Callable[[np.ndarray], np.ndarray]:
     """A compiled inference function on fixed-size uint8 batches.
+
+    ``jit_compile``: compile with XLA (measured slower than the default on
+    CPU, see docs/benchmarks.md).
 
     Returns
     -------
@@ -171,7 +174,7 @@ def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False
         y = model(x if in_dtype == tf.uint8 else tf.cast(x, in_dtype), training=False)
         return tf.reshape(tf.cast(y, tf.float32), [batch_size])
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)], jit_compile=jit_compile or None)
     def fn(x):
         if not tta:
             return run(x)
@@ -264,9 +267,10 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
 
     Parameters
     ----------
-    model : keras.Model
+    model : keras.Model or wsiheat.inference.engine.HeatmapModel
         Takes uint8 ``(B, T, W, W, 3)`` exactly as the HDF5 ``images`` rows,
-        returns ``(B, 1)`` tumor probabilities.
+        returns ``(B, 1)`` tumor probabilities; a ``HeatmapModel`` runs its
+        backend's compiled function (and its own TTA: ``tta`` is then unused).
     patches_path : path-like
         A wsiheat patches file (read through :func:`wsiheat.patches.store.open_patches`).
     batch_size : int
@@ -290,9 +294,10 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
     if batch_size < 1:
         raise WsiheatError(f"batch size must be >= 1 (got {batch_size})")
     path = Path(patches_path)
+    engine = model if hasattr(model, "predict_windows") else None
     with open_patches(path) as pf:
         n, expected = pf.n, (pf.towers, pf.window, pf.window, 3)
-        mshape = getattr(model, "input_shape", None)
+        mshape = (None, engine.towers, engine.window, engine.window, 3) if engine else getattr(model, "input_shape", None)
         if isinstance(mshape, tuple) and len(mshape) == 5:
             want = tuple(mshape[1:])
             if any(w is not None and w != e for w, e in zip(want, expected)):
@@ -304,6 +309,10 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             x = pf.read(start, stop)
+            if engine is not None:
+                scores[start:stop] = engine.predict_windows(x)
+                bar.update(stop - start)
+                continue
             views = [dihedral(x, k, flip) for flip in (False, True) for k in range(4)] if tta else [x]
             out = sum(np.asarray(model.predict_on_batch(v), dtype=np.float64).reshape(stop - start, -1)[:, -1]
                       for v in views) / len(views)
