@@ -228,39 +228,53 @@ class OpenVINOPredict:
     requests : int
         1: one synchronous request using every core (``PERFORMANCE_HINT=LATENCY``).
         N > 1: ``PERFORMANCE_HINT=THROUGHPUT``, each batch split over N
-        requests of an ``AsyncInferQueue`` run at once.
+        requests of an ``AsyncInferQueue`` run at once (measured faster,
+        see docs/benchmarks.md). 0 (default): N = OpenVINO's optimal number
+        of requests for that hint (about one per stream), at least 8 windows each.
     threads : int, optional
         ``INFERENCE_NUM_THREADS`` (default: OpenVINO's, all cores).
+    config : dict, optional
+        More OpenVINO CPU properties (e.g. ``{"ENABLE_CPU_PINNING": "NO"}``).
     """
 
     def __init__(self, ov_model, batch_size: int, precision: str = "float32", tta: bool = False,
-                 requests: int = 1, threads: int | None = None):
+                 requests: int = 0, threads: int | None = None, config: dict | None = None):
         import openvino as ov
 
         if precision not in _OV_PRECISION:
             raise ModelError(f"precision {precision} with backend openvino: choose {', '.join(_OV_PRECISION)}")
-        if requests < 1 or requests > batch_size:
-            raise ModelError(f"openvino requests {requests}: need 1 to the batch size {batch_size}")
-        self.batch_size, self.tta, self.requests = int(batch_size), bool(tta), int(requests)
+        self.batch_size, self.tta = int(batch_size), bool(tta)
         self.precision = precision
-        shape = list(openvino_input_shape(ov_model))
-        model = ov_model.clone()
-        sub = -(-self.batch_size // self.requests)  # ceil
-        model.reshape([sub] + shape[1:])
-        config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
-                  "PERFORMANCE_HINT": "LATENCY" if self.requests == 1 else "THROUGHPUT"}
-        if self.requests > 1:
-            config["PERFORMANCE_HINT_NUM_REQUESTS"] = str(self.requests)
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = str(int(threads))
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
-        self._sub = sub
+        extra = {k: str(v) for k, v in (config or {}).items()}
+        if requests == 0:  # auto: as many requests as OpenVINO's THROUGHPUT hint wants, >= 8 windows each
+            probe = self._compile(ov_model, 2, threads, extra, limit=False)
+            requests = int(probe.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            requests = max(1, min(requests, self.batch_size // 8))
+        if requests < 1 or requests > self.batch_size:
+            raise ModelError(f"openvino requests {requests}: need 1 to the batch size {self.batch_size}")
+        self.requests = int(requests)
+        self.compiled = self._compile(ov_model, self.requests, threads, extra)
+        self._sub = sub = -(-self.batch_size // self.requests)  # ceil
         if self.requests == 1:
             self._request = self.compiled.create_infer_request()
         else:
             self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
             self._queue.set_callback(self._done)
             self._out = np.empty(self.requests * sub, np.float32)
+
+    def _compile(self, ov_model, requests: int, threads: int | None, extra: dict, limit: bool = True):
+        import openvino as ov
+
+        model = ov_model.clone()
+        model.reshape([-(-self.batch_size // requests)] + list(openvino_input_shape(ov_model))[1:])
+        config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+                  "PERFORMANCE_HINT": "LATENCY" if requests == 1 else "THROUGHPUT"}
+        if requests > 1 and limit:
+            config["PERFORMANCE_HINT_NUM_REQUESTS"] = str(requests)
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(int(threads))
+        config.update(extra)
+        return ov.Core().compile_model(model, "CPU", config)
 
     def _done(self, request, i: int) -> None:
         self._out[i * self._sub:(i + 1) * self._sub] = request.get_output_tensor(0).data.reshape(-1)

@@ -49,7 +49,7 @@ class HeatmapModel:
 
     def __init__(self, model, metadata: dict, path: str | os.PathLike | None = None, *,
                  batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False, backend: str = "tensorflow",
-                 precision: str | None = None, reason: str = "", requests: int = 1):
+                 precision: str | None = None, reason: str = "", requests: int = 0):
         if batch_size < 1:
             raise ModelError(f"batch size must be >= 1, got {batch_size}")
         if backend not in ("tensorflow", "openvino"):
@@ -80,7 +80,7 @@ class HeatmapModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str = "auto", precision: str = "auto",
-             batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False, requests: int = 1) -> HeatmapModel:
+             batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False, requests: int = 0) -> HeatmapModel:
         """Load a saved wsiheat model (``.keras``), checking its metadata before TensorFlow loads.
 
         Parameters
@@ -92,9 +92,9 @@ class HeatmapModel:
             Compute precision; ``auto``: ``mixed_bfloat16`` with OpenVINO on
             CPUs with AMX or AVX512-BF16, else ``float32``.
         requests : int
-            OpenVINO only: inference requests each batch is split over (1: one
-            synchronous request on all cores; see
-            :class:`wsiheat.inference.backends.OpenVINOPredict`).
+            OpenVINO only: inference requests each batch is split over (0: auto,
+            one per OpenVINO stream; 1: one synchronous request on all cores;
+            see :class:`wsiheat.inference.backends.OpenVINOPredict`).
         """
         from wsiheat.inference.backends import load_openvino_model, resolve_backend, resolve_precision
         from wsiheat.models.model import load_model, read_metadata

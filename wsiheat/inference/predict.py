@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -191,9 +192,19 @@ def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False,
     return predict
 
 
+def _shared_cache(slide: Slide):
+    """One OpenSlide tile cache (OpenSlide >= 4.0) for the reader threads' handles, or None."""
+    try:
+        import openslide
+
+        return openslide.OpenSlideCache(64 << 20) if slide.is_openslide else None
+    except (AttributeError, openslide.OpenSlideError):
+        return None
+
+
 def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: list[np.ndarray],
                   predict: Callable[[np.ndarray], np.ndarray], batch_size: int, workers: int = 2,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+                  progress: Callable[[int], None] | None = None, own_handles: bool = False) -> np.ndarray:
     """Probabilities of windows centred on ``centers0``, read tile by tile in background threads.
 
     Parameters
@@ -210,6 +221,11 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
         ``2 * workers`` tiles are read ahead.
     progress : callable, optional
         Called with the number of windows done after each batch.
+    own_handles : bool
+        Each reader thread reads through its own OpenSlide handle (opened on
+        its first tile; all handles share one tile cache) instead of all
+        sharing ``slide``; measured no faster on 2 cores (docs/benchmarks.md,
+        reader ceiling), so off by default.
 
     Returns
     -------
@@ -226,11 +242,25 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
     ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsiheat-read")
     pending: collections.deque = collections.deque()
     tile_iter = iter(tiles)
+    local, opened, lock = threading.local(), [], threading.Lock()
+    cache = _shared_cache(slide) if own_handles else None
+
+    def read(idx: np.ndarray) -> np.ndarray:
+        s = slide
+        if own_handles:
+            s = getattr(local, "slide", None)
+            if s is None:
+                s = local.slide = Slide(slide.path)
+                if cache is not None:
+                    s._osr.set_cache(cache)
+                with lock:
+                    opened.append(s)
+        return read_windows(s, spec, centers0[idx], None)
 
     def submit_next() -> None:
         idx = next(tile_iter, None)
         if idx is not None:
-            pending.append((idx, ex.submit(read_windows, slide, spec, centers0[idx], None)))
+            pending.append((idx, ex.submit(read, idx)))
 
     try:
         for _ in range(2 * workers):
@@ -258,6 +288,8 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
                 progress(fill)
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+        for s in opened:
+            s.close()
     return probs
 
 
