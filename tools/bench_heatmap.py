@@ -17,7 +17,7 @@ synthetic pyramidal TIFF):
   alone for each inference backend of :class:`wsiheat.inference.engine.HeatmapModel`,
   and its end-to-end speed-up over the first one (paired per round). Names:
   ``tensorflow``, ``tensorflow-xla`` (``jit_compile``), ``tensorflow-bf16``
-  (Keras ``mixed_bfloat16``), ``openvino`` (precision auto), ``openvino-f32``,
+  (Keras ``mixed_bfloat16``), ``tensorflow-fp16`` (``mixed_float16``, GPUs), ``openvino`` (precision auto), ``openvino-f32``,
   ``openvino-bf16`` (the default requests: ``THROUGHPUT`` hint, each batch
   split over one ``AsyncInferQueue`` request per stream), ``openvino-bf16-sync``
   (one synchronous request, ``LATENCY`` hint), ``openvino-bf16-async2`` (2
@@ -66,7 +66,9 @@ from wsiheat.inference.predict import (  # noqa: E402
 from wsiheat.patches.sampling import read_windows, window_origin  # noqa: E402
 from wsiheat.wsi.slide import Slide  # noqa: E402
 
-TCGA = ROOT / ".." / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+TCGA = next((p for p in (ROOT / ".." / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs",
+                          ROOT / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs") if p.exists()),
+            ROOT / ".." / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs")
 CAMELYON_WINDOWS = 100_000
 
 
@@ -161,8 +163,8 @@ def make_backend(name: str, model_path: Path, batch: int):
     """(predict function, backend, precision) of a benchmark backend name (see the module docstring)."""
     from wsiheat.inference.engine import HeatmapModel
 
-    if name in ("tensorflow", "tensorflow-xla", "tensorflow-bf16"):
-        prec = "mixed_bfloat16" if name == "tensorflow-bf16" else "float32"
+    if name in ("tensorflow", "tensorflow-xla", "tensorflow-bf16", "tensorflow-fp16"):
+        prec = {"tensorflow-bf16": "mixed_bfloat16", "tensorflow-fp16": "mixed_float16"}.get(name, "float32")
         eng = HeatmapModel.load(model_path, backend="tensorflow", precision=prec, batch_size=batch)
         if name == "tensorflow-xla":
             return make_predict_fn(eng.model, eng.spec, batch, jit_compile=True), "tensorflow", "float32 xla"
@@ -273,6 +275,7 @@ def main() -> None:
     ap.add_argument("--readers", default="1,2,4", help="reader threads of the ceiling variants")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the null-model / raw-decode variants")
     ap.add_argument("--slides", default="tcga,synthetic", help="tcga, synthetic or both")
+    ap.add_argument("--json", type=Path, default=None, help="also write the tables here (tools/gpu_check.sh)")
     args = ap.parse_args()
 
     import os
@@ -403,6 +406,14 @@ def main() -> None:
               "regions read by N threads with their own handles, nothing else; MPix/s = decoded pixels (regions "
               "of every tower) per second; goal null/raw >= 0.8")
     print(f"load average now {os.getloadavg()[0]:.1f}")
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps({
+            "machine": lscpu_line(),
+            "backends": [{"slide": lb, "variant": b, "backend": bp, **m} for lb, _, b, bp, m in rows],
+            "ceiling": [{"slide": lb, "readers": n, "null": a, "own_handles": sh, "raw": b, "null_raw": r,
+                         "mpix_per_window": mp} for lb, n, a, sh, b, r, _, mp in ceiling]}, indent=1))
 
 
 if __name__ == "__main__":
