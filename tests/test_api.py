@@ -84,7 +84,7 @@ def tiny_model_path(tmp_path_factory) -> Path:
 
 
 def test_heatmap_model_predicts_windows_like_keras(tiny_model_path):
-    hm = wsiheat.HeatmapModel.load(tiny_model_path, batch_size=16)
+    hm = wsiheat.HeatmapModel.load(tiny_model_path, backend="tensorflow", batch_size=16)
     x = np.random.default_rng(0).integers(0, 256, (37, 2, 80, 80, 3), dtype=np.uint8)  # not a multiple of 16
     got = hm.predict_windows(x)
     want = hm.model.predict(x, verbose=0).reshape(-1)
@@ -97,7 +97,7 @@ def test_predict_slide_then_save_equals_heatmap_slide(tiny_model_path, tmp_path)
     from wsiheat.inference.heatmap import heatmap_slide
 
     slide = DATA / "test" / "test_tumor_001.tif"
-    engine = wsiheat.HeatmapModel.load(tiny_model_path)
+    engine = wsiheat.HeatmapModel.load(tiny_model_path, backend="tensorflow")
     hm = engine.predict_slide(slide)
     assert hm.probabilities.shape == hm.tissue.shape and hm.tissue.any()
     assert hm.score == pytest.approx(hm.summary["score"]) and hm.lesions.shape[1] == 3
@@ -105,7 +105,7 @@ def test_predict_slide_then_save_equals_heatmap_slide(tiny_model_path, tmp_path)
     (tmp_path / "b").mkdir()
     a = hm.save(tmp_path / "a")
     b = heatmap_slide(slide, engine.model, engine.metadata, tmp_path / "b", model_path=str(tiny_model_path))
-    drop = {"seconds", "inference_seconds", "patches_per_second"}
+    drop = {"seconds", "inference_seconds", "patches_per_second", "precision_reason"}
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
     for suffix in (".h5", "_lesions.csv"):
         pa, pb = tmp_path / "a" / f"test_tumor_001{suffix}", tmp_path / "b" / f"test_tumor_001{suffix}"

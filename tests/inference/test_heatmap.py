@@ -370,7 +370,8 @@ def test_cli_batch_skip_overwrite(data, tmp_path, capsys):
                             "--batch-size", "64", "--no-progress"], capsys)
     assert code == 0, se
     lines = [l for l in so.splitlines() if l.strip()]
-    assert len(lines) == 2 and lines[0].startswith("tumor_slide: score 1.000") and lines[1].startswith("small:")
+    assert len(lines) == 3 and lines[0].startswith("tumor_slide: score 1.000") and lines[1].startswith("small:")
+    assert lines[2].startswith("inference: ") and "windows/s" in lines[2] and "min per 100k tissue windows" in lines[2]
     for n in ("tumor_slide", "small"):
         assert outputs_exist(out, n)
     js = json.loads((out / "small.json").read_text())

@@ -279,13 +279,17 @@ def test_cluster_heatmaps_identical_model_loaded_once(slides, client, model_path
     # second run: everything skipped
     c = heatmap_many(tasks, model_path, tmp_path / "cluster", client=client, progress=False)
     assert [r.status for r in c["results"]] == ["skipped"] * 3
-    # precision reaches the workers' model (cached apart from the float32 one) and the outputs
+    # precision reaches the workers' model (cached apart from the default one) and the outputs
     d = heatmap_many(tasks[:1], model_path, tmp_path / "bf16", client=client, progress=False,
                      precision="mixed_bfloat16")
     assert d["results"][0].status == "done"
     jd = json.loads((tmp_path / "bf16" / f"{tasks[0].name}.json").read_text())
     assert jd["precision"] == "mixed_bfloat16"
-    assert json.loads((tmp_path / "single" / f"{tasks[0].name}.json").read_text())["precision"] == "float32"
+    from wsiheat.inference.backends import resolve_backend, resolve_precision
+
+    auto = resolve_backend("auto")[0]
+    js = json.loads((tmp_path / "single" / f"{tasks[0].name}.json").read_text())
+    assert (js["backend"], js["precision"]) == (auto, resolve_precision("auto", auto)[0])
 
 
 # --- multi-worker training -----------------------------------------------------------------

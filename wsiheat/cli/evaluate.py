@@ -9,7 +9,7 @@ import click
 from wsiheat import defaults
 from wsiheat.cli.main import cli
 from wsiheat.cli.options import bounds_text, ci_text, float_list, lesion_ground_truth_options
-from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
+from wsiheat.inference.backends import BACKENDS, PRECISIONS  # light: no TensorFlow at import
 
 # --- evaluate ---------------------------------------------------------------------
 
@@ -35,10 +35,12 @@ def evaluate_group() -> None:
 @click.option("--batch-size", default=defaults.PREDICT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
               help="Windows per model call and per HDF5 read.")
 @click.option("--tta", is_flag=True, help="Average the 8 rotations/flips of every window (8x slower).")
-@click.option("--precision", type=click.Choice(INFER_PRECISIONS),
-              default="float32", show_default=True, help="Compute precision of the model (see heatmap --help).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Inference backend (see heatmap --help).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default="auto", show_default=True, help="Compute precision of the model (see heatmap --help).")
 def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch_size: int, tta: bool,
-                         precision: str) -> None:
+                         backend: str, precision: str) -> None:
     """Patch-level AUC, accuracy, sensitivity, specificity, F1, confusion matrices.
 
     Metrics at 0.5 and at the Youden threshold, a ROC plot, a per-slide
@@ -47,7 +49,8 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     """
     from wsiheat.evaluation.reports import evaluate_patches
 
-    rep = evaluate_patches(model_path, patches_path, out_dir, batch_size=batch_size, tta=tta, precision=precision)
+    rep = evaluate_patches(model_path, patches_path, out_dir, batch_size=batch_size, tta=tta, precision=precision,
+                           backend=backend)
 
     def f(v):
         return "n/a" if v is None or v != v else f"{v:.4f}"
@@ -67,6 +70,7 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     if ci:
         click.echo(f"  [ ]: {ci['confidence'] * 100:g}% bootstrap intervals over {ci['n_units']} "
                    f"{ci['unit']}s (of imported patches: patients)")
+    click.echo(f"inference: {rep['backend']} {rep['precision']} ({rep['precision_reason']})")
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 

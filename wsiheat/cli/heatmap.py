@@ -10,7 +10,23 @@ from wsiheat import defaults
 from wsiheat.cli.main import cli
 from wsiheat.cli.options import parse_floats, scale_options
 from wsiheat.errors import WsiheatError
-from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
+from wsiheat.inference.backends import BACKENDS, PRECISIONS  # light: no TensorFlow at import
+
+#: The slide budget line counts minutes per this many tissue windows (a CAMELYON16-size slide).
+BUDGET_WINDOWS = 100_000
+
+
+def budget_line(results) -> str | None:
+    """'inference: BACKEND PRECISION (why), N windows/s, M min per 100k tissue windows' of done slides."""
+    done = [r.outputs for r in results if r.status == "done" and r.outputs]
+    n = sum(s.get("cells_evaluated", 0) for s in done)
+    t = sum(s.get("inference_seconds", 0.0) for s in done)
+    if not done or n == 0 or t <= 0:
+        return None
+    s = done[-1]
+    why = f" ({s['precision_reason']})" if s.get("precision_reason") else ""
+    return (f"inference: {s.get('backend', 'tensorflow')} {s.get('precision')}{why}: {n / t:.1f} windows/s, "
+            f"{BUDGET_WINDOWS / (n / t) / 60:.1f} min per {BUDGET_WINDOWS // 1000}k tissue windows")
 
 
 @cli.command("heatmap")
@@ -49,16 +65,20 @@ from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at imp
                    "neighbourhood of each cell, replaces the smoothed map for lesion points and the score.")
 @click.option("--downsamples", default=None,
               help="Override the model's tower downsamples (relative to level 0), e.g. '2,4'.")
-@click.option("--precision", type=click.Choice(INFER_PRECISIONS),
-              default="float32", show_default=True,
-              help="Compute precision of the model: mixed_bfloat16 is faster on CPUs with bf16 instructions "
-                   "(AVX512-BF16/AMX); probabilities move by ~0.01 on average; mixed_float16 for GPUs.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Inference backend: auto = tensorflow on a GPU, openvino on CPU when installed "
+                   "(pip install 'wsiheat[openvino]'; converted once, cached next to the model).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default="auto", show_default=True,
+              help="Compute precision: auto = mixed_bfloat16 with openvino on CPUs with bf16 instructions "
+                   "(AVX512-BF16/AMX), float32 otherwise; mixed_bfloat16 moves probabilities by ~0.01 at most "
+                   "on average; mixed_float16 for GPUs (tensorflow).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
 @scale_options(shards=False)
 def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, readers, block,
                 tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
-                smooth, lesion_scorer_path, downsamples, precision, progress, **scale) -> int:
+                smooth, lesion_scorer_path, downsamples, backend, precision, progress, **scale) -> int:
     """Tumor-probability heatmaps of SLIDES with a trained model.
 
     \b
@@ -120,7 +140,7 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     options = dict(batch_size=batch_size, tta=tta, readers=readers, block=block, tissue_threshold=tissue_threshold,
                    lesion_threshold=lesion_threshold, nms_radius=nms_radius, nms_radius_um=nms_radius_um,
                    area_threshold=area_threshold, topk=topk, smooth=smooth, lesion_scorer=lesion_scorer,
-                   downsamples=parse_floats(downsamples, "--downsamples"), precision=precision)
+                   downsamples=parse_floats(downsamples, "--downsamples"), backend=backend, precision=precision)
     if many:
         run = heatmap_many(tasks, model_path, folder, workers=scale["workers"], scheduler=scale["scheduler"],
                            retries=scale["retries"], progress=sys.stderr.isatty(), overwrite=overwrite, **options)
@@ -128,6 +148,8 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
         failed = [r for r in run["results"] if r.status == "failed"]
         click.echo(f"{folder}: {len(run['results']) - len(failed)} of {len(run['results'])} slides done; "
                    f"{run['seconds']:.1f} s")
+        if budget_line(run["results"]):
+            click.echo(budget_line(run["results"]))
         if failed:
             raise WsiheatError(f"{folder}: {len(failed)} slides failed (see the table); re-run the same command "
                                f"to retry them")
@@ -145,11 +167,13 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
             click.echo(f"{r.name}: score {s['score']:.3f}, top-{s['topk']} mean {s['topk_mean']:.3f}, "
                        f"tumor area {s['tumor_area']:.4g} {s['tumor_area_unit']}, {s['lesions']} lesion points, "
                        f"{s['cells_evaluated']} windows in {s['seconds']:.1f} s "
-                       f"({s['patches_per_second']:.1f} patches/s) -> {folder / (r.name + '.png')}")
+                       f"({s['patches_per_second']:.1f} windows/s) -> {folder / (r.name + '.png')}")
 
     show = sys.stderr.isatty() if progress is None else progress
     run = heatmap_many(tasks, model_path, folder, workers=0, retries=0, progress=False, overwrite=overwrite,
                        window_progress=show, on_result=report, **options)
+    if budget_line(run["results"]):
+        click.echo(budget_line(run["results"]))
     failed = sum(r.status == "failed" for r in run["results"])
     if failed:
         click.echo(f"wsiheat: {failed} of {sum(r.status != 'skipped' for r in run['results'])} slides failed",

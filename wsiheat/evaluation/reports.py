@@ -148,10 +148,11 @@ def error_examples(labels: np.ndarray, scores: np.ndarray, k: int = 16,
 
 def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathLike, out_dir: str | os.PathLike,
                      batch_size: int = 64, progress: bool = True, tta: bool = False,
-                     precision: str = "float32") -> dict[str, Any]:
+                     precision: str = "auto", backend: str = "auto") -> dict[str, Any]:
     """``wsiheat evaluate patches``: predict, then write the patch report.
 
-    ``precision``: the model's compute precision (:func:`wsiheat.models.model.load_model`).
+    ``backend`` and ``precision``: see :meth:`wsiheat.inference.engine.HeatmapModel.load`
+    (the report records the ones used, ``backend``, ``precision``, ``precision_reason``).
 
     Writes ``patch_report.json``, ``patch_roc.png``, ``patch_per_slide.csv``,
     ``patch_predictions.csv`` (``index,slide,x,y,label,score``) and, when
@@ -164,13 +165,14 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
     dict
         The report (as in :func:`patch_report`, plus file names).
     """
-    from wsiheat.models.model import load_model
+    from wsiheat.inference.engine import HeatmapModel
 
     out = ensure_out_dir(out_dir)
-    model, meta = load_model(model_path, precision=precision)
-    pred = predict_patches(model, patches_path, batch_size=batch_size, progress=progress, tta=tta)
+    engine = HeatmapModel.load(model_path, backend=backend, precision=precision, batch_size=batch_size, tta=tta)
+    pred = predict_patches(engine, patches_path, batch_size=batch_size, progress=progress, tta=tta)
     rep = patch_report(pred["labels"], pred["scores"], pred["slide_ids"], pred["slides"])
     rep["tta"] = bool(tta)
+    rep["backend"], rep["precision"], rep["precision_reason"] = engine.backend, engine.precision, engine.reason
     rep["model"] = str(model_path)
     rep["patches"] = str(patches_path)
     fpr, tpr, _ = roc_curve(pred["labels"], pred["scores"])

@@ -2,7 +2,8 @@
 
 The engine holds the Keras model, its wsiheat metadata (window geometry) and
 one compiled inference function per batch size; every slide it is given
-reuses them. It is the place for other inference backends.
+reuses them. The function comes from a backend (:mod:`wsiheat.inference.backends`):
+TensorFlow or OpenVINO.
 
 Example
 -------
@@ -14,6 +15,7 @@ Example
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,8 @@ from wsiheat import defaults
 from wsiheat.errors import ModelError
 from wsiheat.inference.outputs import Heatmap
 from wsiheat.inference.predict import check_model, make_predict_fn, spec_from_metadata
+
+log = logging.getLogger(__name__)
 
 
 class HeatmapModel:
@@ -44,33 +48,69 @@ class HeatmapModel:
     """
 
     def __init__(self, model, metadata: dict, path: str | os.PathLike | None = None, *,
-                 batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False):
+                 batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False, backend: str = "tensorflow",
+                 precision: str | None = None, reason: str = "", requests: int = 0):
         if batch_size < 1:
             raise ModelError(f"batch size must be >= 1, got {batch_size}")
+        if backend not in ("tensorflow", "openvino"):
+            raise ModelError(f"backend {backend!r}: choose tensorflow or openvino")
         self.model = model
         self.metadata = dict(metadata)
         self.path = None if path is None else str(path)
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
+        self.backend = backend
+        self.requests = int(requests)
         self.spec = spec_from_metadata(self.metadata)
-        check_model(model, self.spec, self.path or "model")
+        if backend == "tensorflow":
+            from wsiheat.models.model import model_precision
+
+            check_model(model, self.spec, self.path or "model")
+            self.precision = model_precision(model)
+        else:
+            from wsiheat.inference.backends import openvino_input_shape
+
+            got, want = openvino_input_shape(model)[1:], (self.spec.towers, self.spec.window, self.spec.window, 3)
+            if got != want:
+                raise ModelError(f"{self.path or 'model'}: the OpenVINO model takes {got}, its metadata says {want}")
+            self.precision = precision or "float32"
+        #: Why this backend and precision were chosen (``"auto: CPU has avx512_bf16"``...).
+        self.reason = reason
         self._predict: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, precision: str = "float32",
-             batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False) -> HeatmapModel:
+    def load(cls, path: str | os.PathLike, *, backend: str = "auto", precision: str = "auto",
+             batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False, requests: int = 0) -> HeatmapModel:
         """Load a saved wsiheat model (``.keras``), checking its metadata before TensorFlow loads.
 
         Parameters
         ----------
-        precision : {"float32", "mixed_bfloat16", "mixed_float16"}
-            Compute precision (:data:`wsiheat.models.model.INFER_PRECISIONS`).
+        backend : {"auto", "tensorflow", "openvino"}
+            Inference backend (:mod:`wsiheat.inference.backends`); ``auto``:
+            TensorFlow on a GPU, OpenVINO on CPU when installed.
+        precision : {"auto", "float32", "mixed_bfloat16", "mixed_float16"}
+            Compute precision; ``auto``: ``mixed_bfloat16`` with OpenVINO on
+            CPUs with AMX or AVX512-BF16, else ``float32``.
+        requests : int
+            OpenVINO only: inference requests each batch is split over (0: auto,
+            one per OpenVINO stream; 1: one synchronous request on all cores;
+            see :class:`wsiheat.inference.backends.OpenVINOPredict`).
         """
+        from wsiheat.inference.backends import load_openvino_model, resolve_backend, resolve_precision
         from wsiheat.models.model import load_model, read_metadata
 
-        read_metadata(path)  # a foreign file fails fast
+        metadata = read_metadata(path)  # a foreign file fails fast
+        backend, why_backend = resolve_backend(backend)
+        precision, why_precision = resolve_precision(precision, backend)
+        reason = f"backend {why_backend}; precision {why_precision}"
+        if backend == "openvino":
+            spec = spec_from_metadata(metadata)
+            ov_model, source = load_openvino_model(path, spec.towers, spec.window)
+            log.info("%s: OpenVINO model (%s), %s", path, source, reason)
+            return cls(ov_model, metadata, Path(path), batch_size=batch_size, tta=tta, backend=backend,
+                       precision=precision, reason=reason, requests=requests)
         model, metadata = load_model(path, precision=precision)
-        return cls(model, metadata, Path(path), batch_size=batch_size, tta=tta)
+        return cls(model, metadata, Path(path), batch_size=batch_size, tta=tta, reason=reason)
 
     @property
     def towers(self) -> int:
@@ -85,8 +125,17 @@ class HeatmapModel:
     def predict_fn(self) -> Callable[[np.ndarray], np.ndarray]:
         """The compiled function on full batches, made once: uint8 ``(batch_size, T, W, W, 3)`` -> ``(batch_size,)``."""
         if self._predict is None:
-            self._predict = make_predict_fn(self.model, self.spec, self.batch_size, self.tta)
+            if self.backend == "openvino":
+                from wsiheat.inference.backends import OpenVINOPredict
+
+                self._predict = OpenVINOPredict(self.model, self.batch_size, self.precision, self.tta, self.requests)
+            else:
+                self._predict = make_predict_fn(self.model, self.spec, self.batch_size, self.tta)
         return self._predict
+
+    def describe(self) -> str:
+        """The backend and precision in words: ``"openvino mixed_bfloat16 (backend auto: ...)"``."""
+        return f"{self.backend} {self.precision}" + (f" ({self.reason})" if self.reason else "")
 
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
         """Tumor probabilities of windows, uint8 ``(N, T, W, W, 3)`` -> float32 ``(N,)``."""
@@ -113,7 +162,8 @@ class HeatmapModel:
         """
         from wsiheat.inference.heatmap import compute_heatmap
 
-        ds = options.get("downsamples")
-        predict = self.predict_fn() if not ds else None  # other downsamples: same shapes, fresh spec
+        # the compiled function depends on the window shape only, not on the towers' downsamples
         return compute_heatmap(slide, self.model, self.metadata, name, batch_size=self.batch_size,
-                               tta=self.tta, model_path=self.path, predict=predict, **options)
+                               tta=self.tta, model_path=self.path, predict=self.predict_fn(),
+                               backend=self.backend, precision=self.precision, precision_reason=self.reason,
+                               **options)

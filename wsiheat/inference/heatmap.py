@@ -64,7 +64,8 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
                     downsamples: tuple[float, ...] | None = None, model_path: str | None = None,
                     predict: Callable[[np.ndarray], np.ndarray] | None = None,
                     max_cells: int | None = None, thumbnail_size: int = 2048,
-                    progress: bool = False) -> Heatmap:
+                    progress: bool = False, backend: str = "tensorflow", precision: str | None = None,
+                    precision_reason: str = "") -> Heatmap:
     """Compute the heatmap of one slide in memory: probabilities, tissue, lesions, score.
 
     Nothing is written; :meth:`Heatmap.save` writes the nine output files.
@@ -114,6 +115,12 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
         Longer side of the overlay image.
     progress : bool
         Show a tqdm bar (patches/s, ETA).
+    backend : str
+        The backend that made ``predict`` (recorded); other than
+        ``"tensorflow"``, ``model`` is that backend's model and ``predict`` is needed.
+    precision, precision_reason : str, optional
+        The compute precision (default: the Keras model's) and why it was
+        chosen (recorded).
 
     Returns
     -------
@@ -127,13 +134,17 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
     if not 0 <= lesion_threshold <= 1:
         raise WsiheatError(f"lesion threshold must be in [0, 1], got {lesion_threshold}")
     t_start = time.perf_counter()
-    from wsiheat.models.model import model_precision
+    if backend != "tensorflow" and predict is None:
+        raise WsiheatError(f"backend {backend}: give its predict function")
+    if precision is None:
+        from wsiheat.models.model import model_precision
 
-    precision = model_precision(model)
+        precision = model_precision(model)
     with Slide(slide_path) as slide:
         name = name or slide.name
         spec = spec_from_metadata(metadata, slide, downsamples)
-        check_model(model, spec, model_path or "model")
+        if backend == "tensorflow":
+            check_model(model, spec, model_path or "model")
         if predict is None:
             predict = make_predict_fn(model, spec, batch_size, tta)
         warns: list[str] = []
@@ -208,6 +219,7 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
         "tta": bool(tta), "tissue_threshold": float(tissue_threshold), "smooth": float(smooth),
         "lesion_scorer": "" if lesion_scorer is None else json.dumps(lesion_scorer.to_dict(), default=str),
         "precision": precision,
+        "backend": backend,
         "wsiheat_version": __version__,
     }
     seconds = time.perf_counter() - t_start
@@ -230,7 +242,9 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
         "patches_per_second": round(n / infer_seconds, 2) if n and infer_seconds > 0 else 0.0,
         "batch_size": int(batch_size),
         "tta": bool(tta),
+        "backend": backend,
         "precision": precision,
+        "precision_reason": precision_reason,
         "geometry": geometry,
         "model": str(model_path) if model_path else None,
         "model_metadata": {k: metadata.get(k) for k in ("window", "center", "stride", "levels", "downsamples",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -156,9 +157,12 @@ def dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return x
 
 
-def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False
+def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False, jit_compile: bool = False
                     ) -> Callable[[np.ndarray], np.ndarray]:
     """A compiled inference function on fixed-size uint8 batches.
+
+    ``jit_compile``: compile with XLA (measured slower than the default on
+    CPU, see docs/benchmarks.md).
 
     Returns
     -------
@@ -179,7 +183,7 @@ def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False
         y = model(x if in_dtype == tf.uint8 else tf.cast(x, in_dtype), training=False)
         return tf.reshape(tf.cast(y, tf.float32), [batch_size])
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)], jit_compile=jit_compile or None)
     def fn(x):
         if not tta:
             return run(x)
@@ -196,9 +200,19 @@ def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False
     return predict
 
 
+def _shared_cache(slide: Slide):
+    """One OpenSlide tile cache (OpenSlide >= 4.0) for the reader threads' handles, or None."""
+    try:
+        import openslide
+
+        return openslide.OpenSlideCache(64 << 20) if slide.is_openslide else None
+    except (AttributeError, openslide.OpenSlideError):
+        return None
+
+
 def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: list[np.ndarray],
                   predict: Callable[[np.ndarray], np.ndarray], batch_size: int, workers: int = 2,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+                  progress: Callable[[int], None] | None = None, own_handles: bool = False) -> np.ndarray:
     """Probabilities of windows centred on ``centers0``, read tile by tile in background threads.
 
     Parameters
@@ -215,6 +229,11 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
         ``2 * workers`` tiles are read ahead.
     progress : callable, optional
         Called with the number of windows done after each batch.
+    own_handles : bool
+        Each reader thread reads through its own OpenSlide handle (opened on
+        its first tile; all handles share one tile cache) instead of all
+        sharing ``slide``; measured no faster on 2 cores (docs/benchmarks.md,
+        reader ceiling), so off by default.
 
     Returns
     -------
@@ -231,11 +250,25 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
     ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsiheat-read")
     pending: collections.deque = collections.deque()
     tile_iter = iter(tiles)
+    local, opened, lock = threading.local(), [], threading.Lock()
+    cache = _shared_cache(slide) if own_handles else None
+
+    def read(idx: np.ndarray) -> np.ndarray:
+        s = slide
+        if own_handles:
+            s = getattr(local, "slide", None)
+            if s is None:
+                s = local.slide = Slide(slide.path)
+                if cache is not None:
+                    s._osr.set_cache(cache)
+                with lock:
+                    opened.append(s)
+        return read_windows(s, spec, centers0[idx], None)
 
     def submit_next() -> None:
         idx = next(tile_iter, None)
         if idx is not None:
-            pending.append((idx, ex.submit(read_windows, slide, spec, centers0[idx], None)))
+            pending.append((idx, ex.submit(read, idx)))
 
     try:
         for _ in range(2 * workers):
@@ -263,6 +296,8 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
                 progress(fill)
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+        for s in opened:
+            s.close()
     return probs
 
 
@@ -272,9 +307,10 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
 
     Parameters
     ----------
-    model : keras.Model
+    model : keras.Model or wsiheat.inference.engine.HeatmapModel
         Takes uint8 ``(B, T, W, W, 3)`` exactly as the HDF5 ``images`` rows,
-        returns ``(B, 1)`` tumor probabilities.
+        returns ``(B, 1)`` tumor probabilities; a ``HeatmapModel`` runs its
+        backend's compiled function (and its own TTA: ``tta`` is then unused).
     patches_path : path-like
         A wsiheat patches file (read through :func:`wsiheat.patches.store.open_patches`).
     batch_size : int
@@ -298,9 +334,10 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
     if batch_size < 1:
         raise WsiheatError(f"batch size must be >= 1 (got {batch_size})")
     path = Path(patches_path)
+    engine = model if hasattr(model, "predict_windows") else None
     with open_patches(path) as pf:
         n, expected = pf.n, (pf.towers, pf.window, pf.window, 3)
-        mshape = getattr(model, "input_shape", None)
+        mshape = (None, engine.towers, engine.window, engine.window, 3) if engine else getattr(model, "input_shape", None)
         if isinstance(mshape, tuple) and len(mshape) == 5:
             want = tuple(mshape[1:])
             if any(w is not None and w != e for w, e in zip(want, expected)):
@@ -312,6 +349,10 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             x = pf.read(start, stop)
+            if engine is not None:
+                scores[start:stop] = engine.predict_windows(x)
+                bar.update(stop - start)
+                continue
             views = [dihedral(x, k, flip) for flip in (False, True) for k in range(4)] if tta else [x]
             out = sum(np.asarray(model.predict_on_batch(v), dtype=np.float64).reshape(stop - start, -1)[:, -1]
                       for v in views) / len(views)

@@ -178,20 +178,21 @@ _MODELS_LOCK = threading.Lock()
 _LOADS = 0
 
 
-def cached_model(path: str | os.PathLike, precision: str = "float32", batch_size: int = defaults.PREDICT_BATCH_SIZE,
-                 tta: bool = False):
+def cached_model(path: str | os.PathLike, precision: str = "auto", batch_size: int = defaults.PREDICT_BATCH_SIZE,
+                 tta: bool = False, backend: str = "auto"):
     """A :class:`wsiheat.inference.engine.HeatmapModel` of ``path``, loaded once per process and reused.
 
     In a Dask worker process every task on that worker gets the same engine
     (model, metadata and compiled inference function), so a GPU worker pays the
     load (and the GPU memory) once. The key is the resolved path, its
-    modification time and the inference options.
+    modification time and the inference options (``backend``, ``precision``:
+    see :meth:`wsiheat.inference.engine.HeatmapModel.load`).
     """
     from wsiheat.inference.engine import HeatmapModel
 
     p = Path(path).resolve()
     try:
-        key = (str(p), p.stat().st_mtime_ns, precision, int(batch_size), bool(tta))
+        key = (str(p), p.stat().st_mtime_ns, precision, int(batch_size), bool(tta), backend)
     except FileNotFoundError:
         raise WsiheatError(f"{path}: no such model file") from None
     with _MODELS_LOCK:
@@ -202,7 +203,8 @@ def cached_model(path: str | os.PathLike, precision: str = "float32", batch_size
             global _LOADS
             for k in [k for k in _MODELS if k[0] == key[0]]:  # an older version of the file
                 del _MODELS[k]
-            _MODELS[key] = HeatmapModel.load(p, precision=precision, batch_size=batch_size, tta=tta)
+            _MODELS[key] = HeatmapModel.load(p, backend=backend, precision=precision, batch_size=batch_size,
+                                              tta=tta)
             _LOADS += 1
         return _MODELS[key]
 
@@ -217,8 +219,9 @@ def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) 
     from wsiheat.inference.heatmap import HeatmapWarning
 
     options = dict(options)
-    engine = cached_model(model_path, options.pop("precision", "float32"),
-                          options.pop("batch_size", defaults.PREDICT_BATCH_SIZE), options.pop("tta", False))
+    engine = cached_model(model_path, options.pop("precision", "auto"),
+                          options.pop("batch_size", defaults.PREDICT_BATCH_SIZE), options.pop("tta", False),
+                          options.pop("backend", "auto"))
     engine.path = str(model_path)  # recorded in the outputs as the user gave it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HeatmapWarning)  # they are in the summary's "warnings"
@@ -259,8 +262,8 @@ def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_
         A bar over each slide's windows (in this process only: ``workers=0``).
     **options
         Keyword options of :func:`wsiheat.inference.heatmap.compute_heatmap` (batch_size,
-        tta, tissue_threshold, lesion_threshold, ...), and ``precision``
-        (the model's compute precision, :data:`wsiheat.models.model.INFER_PRECISIONS`).
+        tta, tissue_threshold, lesion_threshold, ...), ``backend`` and ``precision``
+        (see :meth:`wsiheat.inference.engine.HeatmapModel.load`; default ``auto``).
 
     Returns
     -------

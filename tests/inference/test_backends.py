@@ -1,0 +1,133 @@
+"""Inference backends (wsiheat.inference.backends): OpenVINO against TensorFlow on a tiny real
+model, the conversion cache keyed by the model file's hash, and the auto choices."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import write_patches
+
+from wsiheat.cli.main import main
+from wsiheat.errors import WsiheatError
+from wsiheat.inference import backends
+from wsiheat.inference.engine import HeatmapModel
+
+META = {"window": 32, "center": 16, "stride": 16, "downsamples": [1.0, 2.0], "towers": 2, "levels": [None, None]}
+
+
+def tiny_model(path, seed: int):
+    """A 2-tower model on the tiny backbone, seeded, with a head scaled so probabilities spread over (0, 1)."""
+    import keras
+
+    from wsiheat.models.model import build_model, save_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(2, 32, weights="none", backbone="tiny", dropout=0.0)
+    head = model.get_layer("tumor")
+    k, b = head.get_weights()
+    head.set_weights([k * 40.0 / (np.abs(k).sum() + 1e-6), b])
+    return save_model(model, path, META)
+
+
+def windows(n: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (n, 1, 1, 1, 3))  # one colour per window (+ noise): varied probabilities
+    return np.clip(base + rng.integers(-30, 31, (n, 2, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+def test_openvino_matches_tensorflow(tmp_path):
+    path = tiny_model(tmp_path / "tiny.keras", 1)
+    x = windows()
+    ref = HeatmapModel.load(path, backend="tensorflow", precision="float32", batch_size=32).predict_windows(x)
+    assert ref.std() > 0.1  # a meaningful comparison: probabilities spread out
+    f32 = HeatmapModel.load(path, backend="openvino", precision="float32", batch_size=32)
+    assert (f32.backend, f32.precision) == ("openvino", "float32")
+    np.testing.assert_allclose(f32.predict_windows(x), ref, atol=1e-4)
+    bf16 = HeatmapModel.load(path, backend="openvino", precision="mixed_bfloat16", batch_size=32)
+    assert np.abs(bf16.predict_windows(x) - ref).max() < 0.03
+    # several asynchronous requests per batch: the same numbers
+    two = HeatmapModel.load(path, backend="openvino", precision="float32", batch_size=32, requests=2)
+    np.testing.assert_allclose(two.predict_windows(x[:50]), ref[:50], atol=1e-4)
+    # TTA: the mean over the 8 dihedral transforms, as in TensorFlow
+    tta_tf = HeatmapModel.load(path, backend="tensorflow", precision="float32", batch_size=32, tta=True)
+    tta_ov = HeatmapModel.load(path, backend="openvino", precision="float32", batch_size=32, tta=True)
+    np.testing.assert_allclose(tta_ov.predict_windows(x[:32]), tta_tf.predict_windows(x[:32]), atol=1e-4)
+
+
+def test_openvino_cache_is_keyed_by_the_model_hash(tmp_path, monkeypatch):
+    path = tiny_model(tmp_path / "m.keras", 1)
+    x = windows(32)
+    first = HeatmapModel.load(path, backend="openvino", precision="float32", batch_size=32)
+    caches = sorted(tmp_path.glob("m.keras.openvino-*.xml"))
+    assert len(caches) == 1 and caches[0].with_suffix(".bin").exists()
+    assert caches[0] == backends.openvino_cache_path(path, backends.model_digest(path))
+    p1 = first.predict_windows(x)
+
+    def no_conversion(*a, **k):
+        raise AssertionError("converted again although the cache is valid")
+
+    monkeypatch.setattr(backends, "convert_to_openvino", no_conversion)
+    np.testing.assert_array_equal(
+        HeatmapModel.load(path, backend="openvino", precision="float32", batch_size=32).predict_windows(x), p1)
+    monkeypatch.undo()
+    # the same file name, other weights: the stale cache is not used, and is removed
+    tiny_model(path, 2)
+    new = HeatmapModel.load(path, backend="openvino", precision="float32", batch_size=32).predict_windows(x)
+    ref = HeatmapModel.load(path, backend="tensorflow", precision="float32", batch_size=32).predict_windows(x)
+    np.testing.assert_allclose(new, ref, atol=1e-4)
+    assert np.abs(new - p1).max() > 0.01
+    now = sorted(tmp_path.glob("m.keras.openvino-*"))
+    assert len(now) == 2 and caches[0] not in now
+
+
+def test_auto_choices(monkeypatch):
+    assert backends.resolve_precision("auto", "openvino", {"avx2", "avx512_bf16"})[0] == "mixed_bfloat16"
+    assert backends.resolve_precision("auto", "openvino", {"amx_bf16", "amx_tile"})[0] == "mixed_bfloat16"
+    assert backends.resolve_precision("auto", "openvino", {"avx2", "avx512f"}) == (
+        "float32", "auto: CPU has no amx_bf16/avx512_bf16")
+    assert backends.resolve_precision("auto", "tensorflow", {"avx512_bf16"})[0] == "float32"
+    assert backends.resolve_precision("mixed_float16", "tensorflow")[0] == "mixed_float16"
+    with pytest.raises(WsiheatError, match="mixed_float16 with backend openvino"):
+        backends.resolve_precision("mixed_float16", "openvino")
+    with pytest.raises(WsiheatError, match="int8"):
+        backends.resolve_precision("int8", "openvino")
+    monkeypatch.setattr(backends, "gpu_visible", lambda: True)
+    assert backends.resolve_backend("auto")[0] == "tensorflow"
+    monkeypatch.setattr(backends, "gpu_visible", lambda: False)
+    assert backends.resolve_backend("auto")[0] == "openvino"
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    assert backends.resolve_backend("auto") == ("tensorflow", "auto: openvino not installed")
+    with pytest.raises(WsiheatError, match="openvino package is not installed"):
+        backends.resolve_backend("openvino")
+    with pytest.raises(WsiheatError, match="backend 'onnx'"):
+        backends.resolve_backend("onnx")
+
+
+def test_cpu_flags_reads_proc_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert backends.cpu_flags(str(info)) == {"fpu", "avx2", "avx512_bf16"}
+    assert backends.bf16_flags({"fpu", "avx512_bf16"}) == ["avx512_bf16"]
+    assert backends.cpu_flags(str(tmp_path / "none")) == set()
+
+
+def test_evaluate_patches_backends_agree(tmp_path, capsys):
+    path = tiny_model(tmp_path / "tiny.keras", 1)
+    x = windows(40)
+    labels = (x[:, 0, 16, 16, 0] > 128).astype(np.uint8)
+    write_patches(tmp_path / "p.h5", x, labels, np.zeros(40, np.int64), ["s"])
+    reports = {}
+    for backend, precision in (("tensorflow", "float32"), ("openvino", "float32"), ("openvino", "auto")):
+        out = tmp_path / f"{backend}_{precision}"
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "patches", "-m", str(path), "-p", str(tmp_path / "p.h5"), "-o", str(out),
+                  "--backend", backend, "--precision", precision, "--batch-size", "16"])
+        so = capsys.readouterr().out
+        assert exc.value.code == 0 and f"inference: {backend} " in so
+        reports[backend, precision] = json.loads((out / "patch_report.json").read_text())
+    ref, ov = reports["tensorflow", "float32"], reports["openvino", "float32"]
+    assert ov["backend"] == "openvino" and ov["precision"] == "float32"
+    assert abs(ov["auc"] - ref["auc"]) < 1e-6
+    assert abs(reports["openvino", "auto"]["auc"] - ref["auc"]) < 0.01
