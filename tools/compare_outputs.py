@@ -12,7 +12,9 @@ compares every output file:
 * PNG and TIFF pictures: decoded pixels (metadata may differ).
 
 The model is made once by the baseline's ``wsiheat demo --quick`` (a tiny
-backbone, a few training steps), so both versions run exactly the same network.
+backbone, a few training steps), so both versions run exactly the same network,
+both with TensorFlow in float32 (the current version is told so: its default
+backend may be OpenVINO).
 
     python tools/compare_outputs.py [--baseline REV] [--work DIR] [--keep]
 
@@ -47,13 +49,18 @@ def run(code_dir: Path, args: list[str], cwd: Path) -> None:
         raise SystemExit(f"{code_dir.name}: wsiheat {' '.join(map(str, args))} failed:\n{r.stderr[-2000:]}")
 
 
-def pipeline(code_dir: Path, out: Path, model: Path, test_patches: Path) -> None:
-    """The commands compared: heatmaps of the test mosaics and the real slide, and every evaluation."""
+def pipeline(code_dir: Path, out: Path, model: Path, test_patches: Path, infer: list[str]) -> None:
+    """The commands compared: heatmaps of the test mosaics and the real slide, and every evaluation.
+
+    ``infer``: extra options of the commands that run the model (the current version's
+    ``--backend tensorflow --precision float32``, the baseline's only path).
+    """
     mosaics = sorted((DATA / "mosaics" / "test").glob("test_*[0-9].tif"))
     masks = sorted((DATA / "mosaics" / "test").glob("*_mask.tif"))
-    run(code_dir, ["heatmap", *mosaics, "-m", model, "--out-dir", out / "hm"], out)
-    run(code_dir, ["heatmap", DATA / "slides" / "cmu-1-small-region.svs", "-m", model, "--out-dir", out / "hm_real"], out)
-    run(code_dir, ["evaluate", "patches", "-m", model, "-p", test_patches, "-o", out / "patches"], out)
+    run(code_dir, ["heatmap", *mosaics, "-m", model, "--out-dir", out / "hm", *infer], out)
+    run(code_dir, ["heatmap", DATA / "slides" / "cmu-1-small-region.svs", "-m", model, "--out-dir", out / "hm_real",
+                   *infer], out)
+    run(code_dir, ["evaluate", "patches", "-m", model, "-p", test_patches, "-o", out / "patches", *infer], out)
     run(code_dir, ["evaluate", "slides", out / "hm", "-r", DATA / "mosaics" / "test" / "labels.csv", "-o", out / "slides"], out)
     run(code_dir, ["evaluate", "froc", out / "hm", *masks, "--mpp", "2.5", "--level", "2", "--allow-empty",
                    "-o", out / "froc"], out)
@@ -135,7 +142,8 @@ def main() -> int:
             out = work / side
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            pipeline(code, out, demo / "model.keras", demo / "test_patches.h5")
+            infer = ["--backend", "tensorflow", "--precision", "float32"] if side == "current" else []
+            pipeline(code, out, demo / "model.keras", demo / "test_patches.h5", infer)
         files = sorted(p.relative_to(work / "baseline") for p in (work / "baseline").rglob("*") if p.is_file())
         others = {p.relative_to(work / "current") for p in (work / "current").rglob("*") if p.is_file()}
         differing = 0
