@@ -87,13 +87,15 @@ def tissue_cells(slide: Slide, spec: WindowSpec, threshold: float = 0.0,
     grid : Grid
     tissue : ndarray of bool, shape (grid.n_rows, grid.n_cols)
     """
-    from wsiheat.wsi.tissue import tissue_mask
+    from wsiheat.wsi.tissue import BandedTissueMask, cell_fractions
 
     grid = Grid.for_slide(slide.dimensions, spec)
-    tm = tissue_mask(slide, downsample=min(mask_downsample, spec.cell0))
-    rows, cols = grid.all_cells()
-    frac = tm.fraction_in_boxes(*grid.boxes(rows, cols, spec.center))
-    return grid, (frac > threshold).reshape(grid.n_rows, grid.n_cols)
+    # block by block, band of cell rows by band: one bool per cell, nothing slide-sized
+    tm = BandedTissueMask(slide, downsample=min(mask_downsample, spec.cell0))
+    tissue = np.zeros((grid.n_rows, grid.n_cols), bool)
+    for r0, frac in cell_fractions(tm, spec.cell0, tissue.shape, spec.center * spec.downsamples[0]):
+        tissue[r0:r0 + len(frac)] = frac > threshold
+    return grid, tissue
 
 
 def tiles_of_cells(rows: np.ndarray, cols: np.ndarray, tile_cells: int) -> list[np.ndarray]:
