@@ -307,10 +307,18 @@ def block_order(centers0: np.ndarray, spec: WindowSpec, block: int) -> np.ndarra
     return np.lexsort((tl[:, 0], tl[:, 1], bkey[:, 0], bkey[:, 1]))
 
 
+def _rows_bar(total: int, name: str, progress: bool):
+    """A tqdm bar of grid rows scanned for tissue (a no-op bar when ``progress`` is false)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="row", desc=f"{name} tissue", disable=not progress, leave=False,
+                dynamic_ncols=True, mininterval=0.5)
+
+
 def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=None,
                  tissue_threshold: float = defaults.TISSUE_THRESHOLD, normal_ratio: float = defaults.NORMAL_RATIO,
                  max_normal: int | None = defaults.MAX_NORMAL,
-                 seed: int = 0, block: int = 2048) -> WindowPlan:
+                 seed: int = 0, block: int = 2048, progress: bool = False) -> WindowPlan:
     """Choose the windows to extract from one slide.
 
     Rules
@@ -347,6 +355,8 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
     seed : int
     block : int
         Read block side in tower pixels (windows are ordered by block).
+    progress : bool
+        Show a tqdm bar of the grid rows scanned for tissue.
 
     Returns
     -------
@@ -365,8 +375,10 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
     grid = Grid.for_slide(slide.dimensions, spec)
     # bool grids (one byte per cell), filled band by band: no per-cell float or box arrays
     on_tissue = np.zeros((grid.n_rows, grid.n_cols), bool)
-    for r0, frac in cell_fractions(tissue, spec.cell0, on_tissue.shape, spec.window * spec.downsamples[0]):
-        on_tissue[r0:r0 + len(frac)] = frac >= tissue_threshold - 1e-9
+    with _rows_bar(grid.n_rows, slide.name, progress) as bar:
+        for r0, frac in cell_fractions(tissue, spec.cell0, on_tissue.shape, spec.window * spec.downsamples[0]):
+            on_tissue[r0:r0 + len(frac)] = frac >= tissue_threshold - 1e-9
+            bar.update(len(frac))
     has_gt = ground_truth is not None
     tumor_slide = bool(has_gt and ground_truth.has_tumor)
     tumor = tumor_grid(grid, ground_truth) if tumor_slide else np.zeros_like(on_tissue)
