@@ -551,3 +551,37 @@ def test_lesion_scorer_gives_the_lesion_points_and_score(data, tmp_path, capsys)
                             "--lesion-scorer", bad], capsys)
     assert code == 2 and "bad.json: not a lesion scorer file" in se and se.count("\n") == 1
     assert not (tmp_path / "o2").exists()
+
+
+# --- bounded memory (issue 21) ----------------------------------------------------------
+
+def test_tissue_cells_equal_the_all_cells_computation(real_slides):
+    """Band-wise tissue cells = every cell's centre-box fraction from the whole tissue mask."""
+    from wsiheat.inference.predict import tissue_cells
+    from wsiheat.patches.sampling import Grid
+    from wsiheat.wsi.tissue import tissue_mask
+
+    for key in ("cmu", "tcga"):
+        with Slide(real_slides[key]) as s:
+            for spec, thr in ((WindowSpec((1.0,), stride=50), 0.0), (WindowSpec((2.0, 4.0), stride=50), 0.5)):
+                grid, tissue = tissue_cells(s, spec, thr)
+                tm = tissue_mask(s, min(32.0, spec.cell0))
+                g = Grid.for_slide(s.dimensions, spec)
+                r, c = g.all_cells()
+                want = (tm.fraction_in_boxes(*g.boxes(r, c, spec.center)) > thr).reshape(g.n_rows, g.n_cols)
+                assert tissue.dtype == bool and 0.2 < want.mean() < 0.8
+                np.testing.assert_array_equal(tissue, want)
+
+
+def test_cli_max_cells_evaluates_only_the_first_tissue_cells(real_slides, tmp_path, capsys):
+    model = save_red_model(tmp_path / "m.keras", (1.0, 2.0))
+    code, out, err = run_cli(["heatmap", real_slides["cmu"], "-m", model, "--out-dir", tmp_path,
+                              "--max-cells", "20", "--no-progress"], capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "cmu-1-small-region.json").read_text())
+    assert s["cells_evaluated"] == 20 and s["cells_total"] > 1000
+    import h5py
+
+    with h5py.File(tmp_path / "cmu-1-small-region.h5", "r") as f:
+        tissue = f["tissue"][...]
+    assert tissue.sum() == 20 and np.flatnonzero(tissue).max() < tissue.shape[1] * 10

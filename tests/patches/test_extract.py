@@ -484,3 +484,55 @@ def test_downsample_towers_and_real_tcga_slide(tmp_path):
         x = pf.read(0, pf.n)
         # windows on tissue are not blank
         assert (x.reshape(pf.n, -1).std(axis=1) > 5).all()
+
+
+# --- bounded memory: bool grids band by band = the per-cell arrays of every cell -----------------
+
+def _plan_all_cells(slide, spec, gt, tissue_threshold, normal_ratio, max_normal, seed, block=2048):
+    """The plan as computed before issue 21: every cell's box, fraction and label in memory at once."""
+    from wsiheat.patches.sampling import _slide_seed, block_order
+    from wsiheat.wsi.tissue import tissue_mask, tissue_mask_from_rgb
+
+    tm = tissue_mask(slide)
+    np.testing.assert_array_equal(tm.mask, tissue_mask_from_rgb(slide.read_downsampled(tm.downsample)))
+    grid = Grid.for_slide(slide.dimensions, spec)
+    rows, cols = grid.all_cells()
+    on_tissue = tm.fraction_in_boxes(*grid.boxes(rows, cols, spec.window)) >= tissue_threshold - 1e-9
+    tumor_slide = bool(gt is not None and gt.has_tumor)
+    tumor = tumor_labels(grid, gt, rows, cols) if tumor_slide else np.zeros(len(rows), bool)
+    normal_idx, tumor_idx = np.flatnonzero(on_tissue & ~tumor), np.flatnonzero(tumor)
+    rng = _slide_seed(seed, slide.name)
+    n_normal = (min(len(normal_idx), int(round(normal_ratio * len(tumor_idx)))) if tumor_slide else
+                len(normal_idx) if not max_normal else min(len(normal_idx), int(max_normal)))
+    if n_normal < len(normal_idx):
+        normal_idx = np.sort(rng.choice(normal_idx, size=n_normal, replace=False))
+    keep = np.concatenate([tumor_idx, normal_idx])
+    labels = np.concatenate([np.ones(len(tumor_idx), np.uint8), np.zeros(len(normal_idx), np.uint8)])
+    centers = grid.centers(rows[keep], cols[keep])
+    order = block_order(centers, spec, block)
+    stats = {"on_tissue": int(on_tissue.sum()), "tumor": int(tumor.sum()),
+             "tumor_off_tissue": int((tumor & ~on_tissue).sum()), "normal_available": int((on_tissue & ~tumor).sum()),
+             "kept_tumor": len(tumor_idx), "kept_normal": len(normal_idx), "scanned": len(rows)}
+    return centers[order], labels[order], stats
+
+
+@pytest.mark.parametrize("slide_path, gt_suffix, levels, kwargs", [
+    ("data/mosaics/train/train_tumor_001.tif", "_mask.tif", (0, 1), {"normal_ratio": 1.5}),
+    ("data/mosaics/train/train_tumor_001.tif", ".xml", (1, 2), {"normal_ratio": 1.0, "tissue_threshold": 0.5}),
+    ("data/mosaics/train/train_normal_001.tif", None, (0, 1), {"max_normal": 50, "seed": 3}),
+    ("data/slides/cmu-1-small-region.svs", None, (0,), {"max_normal": None}),
+])
+def test_plan_equals_the_all_cells_computation_on_real_slides(slide_path, gt_suffix, levels, kwargs):
+    """Band-wise bool grids and the candidate-cell tumor grid choose the same windows, in the same order."""
+    repo = Path(__file__).resolve().parents[2]
+    path = repo / slide_path
+    with Slide(path) as s:
+        gt = load_ground_truth(str(path)[:-4] + gt_suffix, s.dimensions) if gt_suffix else None
+        spec = WindowSpec(tuple(s.level_downsamples[l] for l in levels), levels=levels)
+        opts = {"tissue_threshold": 0.75, "normal_ratio": 1.0, "max_normal": 1000, "seed": 0, **kwargs}
+        centers, labels, stats = _plan_all_cells(s, spec, gt, **opts)
+        plan = plan_windows(s, spec, gt, **opts)
+    assert len(labels) > 20 and (labels.sum() > 5 or gt is None)
+    np.testing.assert_array_equal(plan.centers0, centers)
+    np.testing.assert_array_equal(plan.labels, labels)
+    assert {k: plan.stats[k] for k in stats} == stats

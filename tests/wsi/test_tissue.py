@@ -10,7 +10,16 @@ from _tiff import write_pyramid_tiff
 from skimage.filters import threshold_otsu
 
 from wsiheat.wsi.slide import Slide
-from wsiheat.wsi.tissue import TissueMask, overlay_mask, saturation_threshold, tissue_mask, tissue_mask_from_rgb
+from wsiheat.wsi.tissue import (
+    BandedTissueMask,
+    TissueMask,
+    cell_fractions,
+    overlay_mask,
+    saturation_threshold,
+    saturation_threshold_hist,
+    tissue_mask,
+    tissue_mask_from_rgb,
+)
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -207,3 +216,53 @@ def test_overlay_mask():
     assert out.shape == rgb.shape and out.dtype == np.uint8
     assert (out[0:4, :] == 200).all()          # outside: unchanged
     assert (out[14:26, 18:34] != 200).any(axis=2).all()  # inside: tinted
+
+
+# --- block by block: memory independent of the slide, same mask ----------------------
+
+@pytest.mark.parametrize("downsample", [32, 8, 4])
+def test_banded_mask_equals_whole_thumbnail_mask(real_slides, downsample):
+    """Blocks of 64 mask pixels (cuts through objects and holes) give the whole-view mask exactly."""
+    with Slide(real_slides["cmu"]) as s:
+        whole = tissue_mask_from_rgb(s.read_downsampled(downsample))
+        banded = BandedTissueMask(s, downsample, tile=64)
+        assert banded.shape == whole.shape and banded.downsample == downsample
+        assert banded.shape[0] > 3 * 64 or downsample == 32
+        got = np.concatenate([band for _, band in banded.bands(100)])
+    assert 0.25 < whole.mean() < 0.5
+    np.testing.assert_array_equal(got, whole)
+
+
+def test_tissue_mask_unchanged_on_tcga(real_slides):
+    """The default path (blocks of 1024) on the two-level TCGA slide: the whole-view mask."""
+    with Slide(real_slides["tcga"]) as s:
+        whole = tissue_mask_from_rgb(s.read_downsampled(32))
+        np.testing.assert_array_equal(tissue_mask(s, 32).mask, whole)
+        np.testing.assert_array_equal(BandedTissueMask(s, 32).rows(40, 90), whole[40:90])
+
+
+def test_threshold_from_histogram_equals_threshold_from_values(real_slides):
+    import cv2
+
+    with Slide(real_slides["tcga"]) as s:
+        sat = cv2.cvtColor(s.read_downsampled(16), cv2.COLOR_RGB2HSV)[..., 1]
+    for values in (sat, sat[sat > 3], sat[:40, :40]):
+        assert saturation_threshold_hist(np.bincount(values.ravel(), minlength=256)) == saturation_threshold(values)
+
+
+def test_cell_fractions_equal_fraction_in_boxes(real_slides):
+    """Band by band (a few mask rows at a time) = the whole mask's summed-area table."""
+    with Slide(real_slides["cmu"]) as s:
+        banded = BandedTissueMask(s, 8)
+        tm = banded.to_mask()
+        W, H = s.dimensions
+        for cell, side in ((50.0, 80.0), (37.5, 50.0), (200.0, 320.0)):
+            n_rows, n_cols = math.ceil(H / cell), math.ceil(W / cell)
+            r, c = np.divmod(np.arange(n_rows * n_cols), n_cols)
+            cx, cy = (c + 0.5) * cell, (r + 0.5) * cell
+            want = tm.fraction_in_boxes(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+            for src in (tm, banded):
+                parts = list(cell_fractions(src, cell, (n_rows, n_cols), side, band_pixels=5000))
+                assert len(parts) > 3 and [p[0] for p in parts] == sorted(p[0] for p in parts)
+                got = np.concatenate([f for _, f in parts])
+                np.testing.assert_array_equal(got, want.reshape(n_rows, n_cols))

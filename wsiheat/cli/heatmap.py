@@ -75,10 +75,12 @@ def budget_line(results) -> str | None:
                    "on average; mixed_float16 for GPUs (tensorflow).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
+@click.option("--max-cells", default=None, type=click.IntRange(min=0), hidden=True,
+              help="Evaluate only the first N tissue cells, row-major (benchmarks).")
 @scale_options(shards=False)
 def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta, readers, block,
                 tissue_threshold, lesion_threshold, nms_radius, nms_radius_um, area_threshold, topk,
-                smooth, lesion_scorer_path, downsamples, backend, precision, progress, **scale) -> int:
+                smooth, lesion_scorer_path, downsamples, backend, precision, progress, max_cells, **scale) -> int:
     """Tumor-probability heatmaps of SLIDES with a trained model.
 
     \b
@@ -141,6 +143,8 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
                    lesion_threshold=lesion_threshold, nms_radius=nms_radius, nms_radius_um=nms_radius_um,
                    area_threshold=area_threshold, topk=topk, smooth=smooth, lesion_scorer=lesion_scorer,
                    downsamples=parse_floats(downsamples, "--downsamples"), backend=backend, precision=precision)
+    if max_cells is not None:
+        options["max_cells"] = max_cells
     if many:
         run = heatmap_many(tasks, model_path, folder, workers=scale["workers"], scheduler=scale["scheduler"],
                            retries=scale["retries"], progress=sys.stderr.isatty(), overwrite=overwrite, **options)

@@ -152,7 +152,7 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
         if resampled:
             warns.append(f"{slide.path}: downsample(s) {', '.join(f'{d:g}' for d in resampled)} are not "
                          f"pyramid levels; resampled from finer levels")
-        grid, tissue = tissue_cells(slide, spec, tissue_threshold)
+        grid, tissue = tissue_cells(slide, spec, tissue_threshold, progress=progress)
         rows, cols = np.nonzero(tissue)
         if max_cells is not None:
             rows, cols = rows[:max_cells], cols[:max_cells]

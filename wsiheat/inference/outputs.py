@@ -82,14 +82,31 @@ def lesion_views(slide: Slide, lesions: np.ndarray, cell0: float, context_cells:
     return out
 
 
-def colorize(prob: np.ndarray, tissue: np.ndarray | None = None, cmap: str = COLORMAP) -> np.ndarray:
-    """RGB uint8 image of a probability map (background cells = probability 0)."""
+def colorize(prob: np.ndarray, tissue: np.ndarray | None = None, cmap: str = COLORMAP,
+             chunk_pixels: int = 1 << 18) -> np.ndarray:
+    """RGB uint8 image of a probability map (background cells = probability 0).
+
+    Computed in bands of rows of about ``chunk_pixels`` values: the colormap's
+    float64 RGBA is never made for the whole map.
+    """
     from matplotlib import colormaps
 
+    cm = colormaps[cmap]
+    prob = np.asarray(prob)
+    out = np.empty(prob.shape + (3,), np.uint8)
+    if prob.ndim == 0 or prob.size == 0:
+        return _colorize(prob, tissue, cm) if prob.ndim == 0 else out
+    step = max(1, chunk_pixels // max(1, prob.size // prob.shape[0]))
+    for r in range(0, prob.shape[0], step):
+        out[r:r + step] = _colorize(prob[r:r + step], None if tissue is None else np.asarray(tissue)[r:r + step], cm)
+    return out
+
+
+def _colorize(prob: np.ndarray, tissue: np.ndarray | None, cm) -> np.ndarray:
     p = np.nan_to_num(np.clip(np.asarray(prob, np.float64), 0, 1))
     if tissue is not None:
         p = np.where(tissue, p, 0.0)
-    return (colormaps[cmap](p)[..., :3] * 255 + 0.5).astype(np.uint8)
+    return (cm(p)[..., :3] * 255 + 0.5).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- writers
@@ -237,11 +254,16 @@ def overlay_image(thumb: np.ndarray, thumb_ds: float, prob: np.ndarray, tissue: 
     h, w = thumb.shape[:2]
     rr = np.minimum(((np.arange(h) + 0.5) * thumb_ds / cell0).astype(np.int64), prob.shape[0] - 1)
     cc = np.minimum(((np.arange(w) + 0.5) * thumb_ds / cell0).astype(np.int64), prob.shape[1] - 1)
-    p = np.nan_to_num(prob)[np.ix_(rr, cc)]
-    t = tissue[np.ix_(rr, cc)]
-    rgb = colorize(p).astype(np.float32)
-    a = np.where(t, alpha * np.sqrt(np.clip(p, 0, 1)), 0.0)[..., None]
-    return (thumb.astype(np.float32) * (1 - a) + rgb * a + 0.5).astype(np.uint8)
+    out = np.empty(thumb.shape, np.uint8)
+    step = max(1, (1 << 18) // max(1, w))  # rows per band: float copies of one band only
+    for r in range(0, h, step):
+        ix = np.ix_(rr[r:r + step], cc)
+        p = np.nan_to_num(prob[ix])
+        t = tissue[ix]
+        rgb = colorize(p).astype(np.float32)
+        a = np.where(t, alpha * np.sqrt(np.clip(p, 0, 1)), 0.0)[..., None]
+        out[r:r + step] = (thumb[r:r + step].astype(np.float32) * (1 - a) + rgb * a + 0.5).astype(np.uint8)
+    return out
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

@@ -82,7 +82,8 @@ def resampled_towers(slide: Slide, spec: WindowSpec) -> list[float]:
 
 
 def tissue_cells(slide: Slide, spec: WindowSpec, threshold: float = 0.0,
-                 mask_downsample: float = defaults.TISSUE_MASK_DOWNSAMPLE) -> tuple[Grid, np.ndarray]:
+                 mask_downsample: float = defaults.TISSUE_MASK_DOWNSAMPLE, progress: bool = False
+                 ) -> tuple[Grid, np.ndarray]:
     """The heatmap grid and its tissue cells.
 
     Parameters
@@ -90,19 +91,26 @@ def tissue_cells(slide: Slide, spec: WindowSpec, threshold: float = 0.0,
     threshold : float
         A cell is tissue when the tissue fraction of its centre box (``C x C``
         tower-0 pixels) is greater than this (0: any tissue).
+    progress : bool
+        Show a tqdm bar of the grid rows scanned.
 
     Returns
     -------
     grid : Grid
     tissue : ndarray of bool, shape (grid.n_rows, grid.n_cols)
     """
-    from wsiheat.wsi.tissue import tissue_mask
+    from wsiheat.patches.sampling import _rows_bar
+    from wsiheat.wsi.tissue import BandedTissueMask, cell_fractions
 
     grid = Grid.for_slide(slide.dimensions, spec)
-    tm = tissue_mask(slide, downsample=min(mask_downsample, spec.cell0))
-    rows, cols = grid.all_cells()
-    frac = tm.fraction_in_boxes(*grid.boxes(rows, cols, spec.center))
-    return grid, (frac > threshold).reshape(grid.n_rows, grid.n_cols)
+    # block by block, band of cell rows by band: one bool per cell, nothing slide-sized
+    tm = BandedTissueMask(slide, downsample=min(mask_downsample, spec.cell0))
+    tissue = np.zeros((grid.n_rows, grid.n_cols), bool)
+    with _rows_bar(grid.n_rows, slide.name, progress) as bar:
+        for r0, frac in cell_fractions(tm, spec.cell0, tissue.shape, spec.center * spec.downsamples[0]):
+            tissue[r0:r0 + len(frac)] = frac > threshold
+            bar.update(len(frac))
+    return grid, tissue
 
 
 def tiles_of_cells(rows: np.ndarray, cols: np.ndarray, tile_cells: int) -> list[np.ndarray]:

@@ -158,12 +158,13 @@ def write_shard(slide: Slide, ground_truth, shard: str | os.PathLike, spec: Wind
     dict
         The slide's statistics (see :func:`wsiheat.patches.sampling.extract_slide`).
     """
-    from wsiheat.wsi.tissue import tissue_mask
+    from wsiheat.wsi.tissue import BandedTissueMask
 
     p = json.loads(attrs["params"]) if isinstance(attrs["params"], str) else attrs["params"]
-    tissue = tissue_mask(slide, p["tissue_downsample"])
+    tissue = BandedTissueMask(slide, p["tissue_downsample"])  # block by block: memory independent of the slide
     plan = plan_windows(slide, spec, ground_truth, tissue=tissue, tissue_threshold=p["tissue_threshold"],
-                        normal_ratio=p["normal_ratio"], max_normal=p["max_normal"], seed=p["seed"])
+                        normal_ratio=p["normal_ratio"], max_normal=p["max_normal"], seed=p["seed"],
+                        progress=progress)
     with ShardWriter(shard, attrs) as writer:
         return extract_slide(slide, ground_truth, spec, writer, plan=plan, progress=progress, batch=batch,
                              slide_info={"params": p, "tissue_downsample": tissue.downsample})

@@ -237,16 +237,7 @@ def tumor_labels(grid: Grid, ground_truth, rows: np.ndarray, cols: np.ndarray,
     if ground_truth is None or len(rows) == 0 or not ground_truth.has_tumor:
         return out
     d0, C = spec.downsamples[0], spec.center
-    # coarse pre-filter: one coarse pixel per coarse_cells x coarse_cells cells, dilated by one
-    cds = spec.cell0 * coarse_cells
-    ch, cw = math.ceil(grid.n_rows / coarse_cells), math.ceil(grid.n_cols / coarse_cells)
-    coarse = ground_truth.tumor_mask(0, 0, cw, ch, cds)
-    if not coarse.any():
-        # tiny tumours may vanish at coarse scale for polygons: fall back to a finer probe
-        coarse = ground_truth.tumor_mask(0, 0, cw * coarse_cells, ch * coarse_cells, spec.cell0)
-        coarse = coarse.reshape(ch, coarse_cells, cw, coarse_cells).any(axis=(1, 3))
-    from scipy import ndimage
-    coarse = ndimage.binary_dilation(coarse, iterations=1)
+    coarse = _coarse_tumor(grid, ground_truth, coarse_cells)
     cand = np.flatnonzero(coarse[rows // coarse_cells, cols // coarse_cells])
     if len(cand) == 0:
         return out
@@ -267,6 +258,42 @@ def tumor_labels(grid: Grid, ground_truth, rows: np.ndarray, cols: np.ndarray,
     return out
 
 
+def _coarse_tumor(grid: Grid, ground_truth, coarse_cells: int) -> np.ndarray:
+    """Where tumor may be: one pixel per ``coarse_cells`` x ``coarse_cells`` cells, dilated by one."""
+    from scipy import ndimage
+
+    cds = grid.spec.cell0 * coarse_cells
+    ch, cw = math.ceil(grid.n_rows / coarse_cells), math.ceil(grid.n_cols / coarse_cells)
+    coarse = ground_truth.tumor_mask(0, 0, cw, ch, cds)
+    if not coarse.any():
+        # tiny tumours may vanish at coarse scale for polygons: fall back to a finer probe
+        coarse = ground_truth.tumor_mask(0, 0, cw * coarse_cells, ch * coarse_cells, grid.spec.cell0)
+        coarse = coarse.reshape(ch, coarse_cells, cw, coarse_cells).any(axis=(1, 3))
+    return ndimage.binary_dilation(coarse, iterations=1)
+
+
+def tumor_grid(grid: Grid, ground_truth, coarse_cells: int = 8) -> np.ndarray:
+    """:func:`tumor_labels` of every cell as a bool ``(n_rows, n_cols)`` grid.
+
+    Only the cells under the coarse, dilated tumor view are listed and
+    labelled, so memory follows the tumor area, not the slide.
+    """
+    out = np.zeros((grid.n_rows, grid.n_cols), bool)
+    if ground_truth is None or not ground_truth.has_tumor:
+        return out
+    coarse = _coarse_tumor(grid, ground_truth, coarse_cells)
+    cr, cc = np.nonzero(coarse)
+    if len(cr) == 0:
+        return out
+    k = np.arange(coarse_cells)
+    rows = (cr[:, None, None] * coarse_cells + k[None, :, None]).repeat(coarse_cells, axis=2)
+    cols = (cc[:, None, None] * coarse_cells + k[None, None, :]).repeat(coarse_cells, axis=1)
+    ok = (rows < grid.n_rows) & (cols < grid.n_cols)
+    rows, cols = rows[ok], cols[ok]
+    out[rows, cols] = tumor_labels(grid, ground_truth, rows, cols, coarse_cells=coarse_cells)
+    return out
+
+
 def _slide_seed(seed: int, name: str) -> np.random.Generator:
     import zlib
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))])
@@ -280,10 +307,18 @@ def block_order(centers0: np.ndarray, spec: WindowSpec, block: int) -> np.ndarra
     return np.lexsort((tl[:, 0], tl[:, 1], bkey[:, 0], bkey[:, 1]))
 
 
+def _rows_bar(total: int, name: str, progress: bool):
+    """A tqdm bar of grid rows scanned for tissue (a no-op bar when ``progress`` is false)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="row", desc=f"{name} tissue", disable=not progress, leave=False,
+                dynamic_ncols=True, mininterval=0.5)
+
+
 def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=None,
                  tissue_threshold: float = defaults.TISSUE_THRESHOLD, normal_ratio: float = defaults.NORMAL_RATIO,
                  max_normal: int | None = defaults.MAX_NORMAL,
-                 seed: int = 0, block: int = 2048) -> WindowPlan:
+                 seed: int = 0, block: int = 2048, progress: bool = False) -> WindowPlan:
     """Choose the windows to extract from one slide.
 
     Rules
@@ -306,8 +341,11 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
     slide : Slide
     spec : WindowSpec
     ground_truth : GroundTruth, optional
-    tissue : TissueMask, optional
-        Computed with :func:`wsiheat.wsi.tissue.tissue_mask` when omitted.
+    tissue : TissueMask or BandedTissueMask, optional
+        A :class:`wsiheat.wsi.tissue.BandedTissueMask` of the slide when omitted
+        (memory independent of the slide size: the grid is scanned in bands of
+        cell rows, per-cell state is two bool grids, and coordinates are made
+        for the kept windows only).
     tissue_threshold : float
         In [0, 1].
     normal_ratio : float
@@ -317,6 +355,8 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
     seed : int
     block : int
         Read block side in tower pixels (windows are ordered by block).
+    progress : bool
+        Show a tqdm bar of the grid rows scanned for tissue.
 
     Returns
     -------
@@ -328,18 +368,23 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
         raise WsiheatError(f"normal ratio must be >= 0, got {normal_ratio:g}")
     if max_normal is not None and max_normal < 0:
         raise WsiheatError(f"max normal must be >= 0, got {max_normal}")
+    from wsiheat.wsi.tissue import BandedTissueMask, cell_fractions
+
     if tissue is None:
-        from wsiheat.wsi.tissue import tissue_mask
-        tissue = tissue_mask(slide)
+        tissue = BandedTissueMask(slide)
     grid = Grid.for_slide(slide.dimensions, spec)
-    rows, cols = grid.all_cells()
-    frac = tissue.fraction_in_boxes(*grid.boxes(rows, cols, spec.window))
-    on_tissue = frac >= tissue_threshold - 1e-9
+    # bool grids (one byte per cell), filled band by band: no per-cell float or box arrays
+    on_tissue = np.zeros((grid.n_rows, grid.n_cols), bool)
+    with _rows_bar(grid.n_rows, slide.name, progress) as bar:
+        for r0, frac in cell_fractions(tissue, spec.cell0, on_tissue.shape, spec.window * spec.downsamples[0]):
+            on_tissue[r0:r0 + len(frac)] = frac >= tissue_threshold - 1e-9
+            bar.update(len(frac))
     has_gt = ground_truth is not None
     tumor_slide = bool(has_gt and ground_truth.has_tumor)
-    tumor = tumor_labels(grid, ground_truth, rows, cols) if tumor_slide else np.zeros(len(rows), bool)
-    normal_idx = np.flatnonzero(on_tissue & ~tumor)
+    tumor = tumor_grid(grid, ground_truth) if tumor_slide else np.zeros_like(on_tissue)
+    normal_idx = np.flatnonzero(on_tissue & ~tumor)  # flat row-major cell indices
     tumor_idx = np.flatnonzero(tumor)
+    n_available = len(normal_idx)
     rng = _slide_seed(seed, slide.name)
     if tumor_slide:
         n_normal = min(len(normal_idx), int(round(normal_ratio * len(tumor_idx))))
@@ -349,12 +394,12 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
         normal_idx = np.sort(rng.choice(normal_idx, size=n_normal, replace=False))
     keep = np.concatenate([tumor_idx, normal_idx])
     labels = np.concatenate([np.ones(len(tumor_idx), np.uint8), np.zeros(len(normal_idx), np.uint8)])
-    centers = grid.centers(rows[keep], cols[keep])
+    centers = grid.centers(*np.divmod(keep, grid.n_cols))  # the kept windows only
     order = block_order(centers, spec, block)
     stats = {
-        "scanned": int(len(rows)), "grid": [grid.n_rows, grid.n_cols], "on_tissue": int(on_tissue.sum()),
-        "tumor": int(tumor.sum()), "tumor_off_tissue": int((tumor & ~on_tissue).sum()),
-        "normal_available": int((on_tissue & ~tumor).sum()),
+        "scanned": int(grid.n_rows * grid.n_cols), "grid": [grid.n_rows, grid.n_cols],
+        "on_tissue": int(on_tissue.sum()), "tumor": int(tumor.sum()),
+        "tumor_off_tissue": int((tumor & ~on_tissue).sum()), "normal_available": int(n_available),
         "kept_tumor": int(len(tumor_idx)), "kept_normal": int(len(normal_idx)),
         "has_ground_truth": has_gt, "tumor_slide": tumor_slide,
     }
