@@ -381,32 +381,56 @@ def test_failure_mid_slide_leaves_file_identical(slide1k, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif", "p.h5"]
 
 
-def test_sigint_mid_slide_leaves_file_identical(slide1k, tmp_path):
+def start_paused(args, tmp_path, point, timeout=90):
+    """Start ``wsiheat ARGS`` held at the test hook ``point`` (see docs/reliability.md); wait until it is there."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), WSIHEAT_TEST_PAUSE=point, WSIHEAT_TEST_PAUSE_DIR=str(hooks))
+    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", *map(str, args)], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    reached = hooks / f"{point}.reached"
+    deadline = time.time() + timeout
+    while not reached.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if not reached.exists():
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"never reached the test hook {point} (exit {proc.returncode}): {err[-2000:]}")
+    return proc
+
+
+def _extract_args(slide, out):
+    return ("extract", slide, "-o", out, "--levels", "0", "1", "--max-normal", "0", "-q")
+
+
+@pytest.mark.parametrize("point", ["shard-append", "before-commit"])
+def test_sigint_mid_slide_leaves_file_identical(slide1k, slide_b, tmp_path, point):
+    """Deterministic: the writer is held by the test hook mid-slide (a row batch in the shard) or with the
+    merged file complete but not yet renamed; SIGINT there leaves the file byte-identical, nothing behind."""
     out = tmp_path / "p.h5"
     assert run_cli("extract", slide1k[0], "-o", out, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
     before = digest(out)
-    big = tmp_path / "big.tif"
-    write_pyramid(big, tissue_image(4096, seed=7), n_levels=4, tile=256, compression=None)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", "extract", str(big), "-o", str(out), "--levels", "0", "1",
-                             "--max-normal", "0", "-q"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
-    deadline = time.time() + 60
-    shard_rows = 0
-    while time.time() < deadline and proc.poll() is None:
-        shards = [p for p in tmp_path.iterdir() if p.name.endswith(".shard.h5")]
-        if shards:  # the shard is created once the plan is made: windows are being read and written
-            time.sleep(0.5)
-            shard_rows = proc.poll() is None
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.01)
+    proc = start_paused(_extract_args(slide_b, out), tmp_path, point)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert shard_rows, f"extraction finished before it could be interrupted: {err}"
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
+    assert "Traceback" not in err and "interrupted" in err and "completed" not in err
     assert digest(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "p.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hooks") == ["p.h5"]
+
+
+def test_sigint_after_commit_says_completed(slide1k, slide_b, tmp_path):
+    """SIGINT once the append is committed: the message says it completed (exit 0), the rows are there."""
+    out = tmp_path / "p.h5"
+    assert run_cli("extract", slide1k[0], "-o", out, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
+    proc = start_paused(_extract_args(slide_b, out), tmp_path, "after-commit")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "completed" in err and "p.h5" in err
+    with open_patches(out) as pf:
+        assert pf.slides == ["slide_a", "slide_b"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hooks") == ["p.h5"]
 
 
 # --- bad inputs through the CLI ---------------------------------------------------------------

@@ -122,8 +122,10 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
             levels=levels, downsamples=downsamples, mpps=mpp, window=window, center=center, stride=stride,
             tissue_threshold=tissue_threshold, normal_ratio=normal_ratio, max_normal=max_normal or None,
             seed=seed))
+    from wsiheat.fileio import expect_result
     from wsiheat.patches.extract import extract_to_file, summary_line
 
+    expect_result(output)
     stats = extract_to_file(slide, ground_truth, output, levels=levels, downsamples=downsamples, mpps=mpp,
                             window=window, center=center, stride=stride, tissue_threshold=tissue_threshold,
                             normal_ratio=normal_ratio, max_normal=max_normal or None, seed=seed,

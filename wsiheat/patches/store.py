@@ -47,7 +47,7 @@ import numpy as np
 
 from wsiheat import __version__
 from wsiheat.errors import PatchFileError
-from wsiheat.fileio import atomic_path
+from wsiheat.fileio import atomic_path, pause_point
 
 FORMAT = "wsiheat-patches"
 SCHEMA_VERSION = 1
@@ -235,6 +235,7 @@ class ShardWriter:
         if not 0 <= slide_id < self._f["slides"].shape[0]:
             raise ValueError(f"unknown slide id {slide_id}")
         _append_rows(self._f, images, labels, centers, np.full(k, slide_id, np.int32))
+        pause_point("shard-append")
 
     def close(self) -> None:
         if self._f:
