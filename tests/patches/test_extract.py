@@ -508,3 +508,29 @@ def test_downsample_towers_and_real_tcga_slide(tmp_path):
         x = pf.read(0, pf.n)
         # windows on tissue are not blank
         assert (x.reshape(pf.n, -1).std(axis=1) > 5).all()
+
+
+# --- no tissue (issue 18, case 6) ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["white", "black", "one_pixel", "grayscale"])
+def test_slide_without_tissue_gives_zero_windows_and_a_warning(tmp_path, kind):
+    path = tmp_path / f"{kind}.tif"
+    img = {"white": np.full((512, 512, 3), 255, np.uint8), "black": np.zeros((512, 512, 3), np.uint8),
+           "one_pixel": np.full((1, 1, 3), 200, np.uint8), "grayscale": np.full((512, 512), 240, np.uint8)}[kind]
+    tifffile.imwrite(path, img, photometric="rgb" if img.ndim == 3 else "minisblack",
+                     tile=(128, 128) if img.shape[0] > 1 else None)
+    out = tmp_path / "p.h5"
+    res = run_cli("extract", path, "-o", out, "--levels", "0", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "warning" in res.stderr and "no tissue" in res.stderr, res.stderr
+    with open_patches(out) as pf:
+        assert pf.n == 0 and pf.slides == [kind]
+    if kind == "one_pixel":
+        return
+    # tumor ground truth between the labelled centres of the grid: no window at all, an error
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"positive": [{"name": "t", "vertices": [[1, 1], [3, 1], [3, 3], [1, 3]]}]}))
+    out2 = tmp_path / "q.h5"
+    res = run_cli("extract", path, gt, "-o", out2, "--levels", "0", "--center", "10", "-q")
+    assert_one_line_error(res, "no window", f"{kind}.tif")
+    assert not out2.exists()

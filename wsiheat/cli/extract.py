@@ -130,6 +130,8 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
                             window=window, center=center, stride=stride, tissue_threshold=tissue_threshold,
                             normal_ratio=normal_ratio, max_normal=max_normal or None, seed=seed,
                             replace=replace, progress=not quiet)
+    for w in stats.get("warnings", []):
+        click.echo(f"wsiheat: warning: {w}", err=True)
     click.echo(summary_line(stats))
 
 

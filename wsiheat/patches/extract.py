@@ -96,6 +96,13 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
         os.close(fd)
         try:
             stats = write_shard(slide, gt, shard, spec, attrs, progress=progress, batch=batch)
+            warns = stats.setdefault("warnings", [])
+            if stats["kept_tumor"] + stats["kept_normal"] == 0:
+                if gt is not None and gt.has_tumor:
+                    raise WsiheatError(f"{slide_path}: no window could be made (no tissue found, and none of the "
+                                       f"tumor in {ground_truth_path} is inside a window); {output} is unchanged")
+                warns.append(f"{slide_path}: no tissue found: 0 windows (the slide is recorded in {output} "
+                             f"without rows)")
             merged = merge_into(output, [shard], replace=replace)
         finally:
             with contextlib.suppress(FileNotFoundError):
