@@ -113,9 +113,10 @@ from wsiheat.evaluation.inputs import (
     _match_names,
     _names,
     _read_result_jsons,
+    check_detections_inside,
     find_detection_files,
     find_ground_truth,
-    read_detections,
+    read_detection_rows,
     read_patch_rows,
     read_reference_csv,
     read_slide_scores,
@@ -387,7 +388,7 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
     """
     from tqdm import tqdm
 
-    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
+    from wsiheat.wsi.annotations.groundtruth import MaskGroundTruth, load_ground_truth
 
     _check_mpp_level(mpp, level)
     results = Path(results)
@@ -407,11 +408,11 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
             raise WsiheatError(f"{gt_where}: no ground truth for tumor slide(s) {_names(missing)} "
                                f"(labeled tumor in {reference})")
     metas = _read_result_jsons(results) if results.is_dir() else {}
-    detections, masks = {}, {}
+    detections, masks, unbounded = {}, {}, set()
     for name in tqdm(sorted(det_files), desc="FROC", unit="slide", disable=None if progress else True):
         # an empty CSV is a legitimate "no lesion" when wsiheat heatmap wrote it and says so
         no_lesions = metas.get(name, {}).get("lesions") == 0
-        probs, xs, ys = read_detections(det_files[name], allow_empty=allow_empty or no_lesions)
+        probs, xs, ys, lines = read_detection_rows(det_files[name], allow_empty=allow_empty or no_lesions)
         detections[name] = (probs, xs, ys)
         dims = metas.get(name, {}).get("dimensions")
         if dims is not None:
@@ -419,10 +420,7 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
                 W, H = int(dims[0]), int(dims[1])
             except (TypeError, ValueError, IndexError):
                 raise WsiheatError(f"{metas[name]['_path']}: 'dimensions' is not [width, height]") from None
-            if xs.size and (xs.max() >= W or ys.max() >= H):
-                i = int(np.argmax((xs >= W) | (ys >= H)))
-                raise WsiheatError(f"{det_files[name]}: detection at ({xs[i]}, {ys[i]}) is outside the "
-                                   f"slide's {W}x{H} level-0 pixels")
+            check_detections_inside(det_files[name], xs, ys, lines, (W, H))
         gt_path = gt_files.get(name)
         if gt_path is None:
             masks[name] = None
@@ -432,12 +430,17 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
             raise WsiheatError(f"{gt_path}: marks tumor but {reference} labels {name} normal")
         if ref is not None and ref[name] == 1 and not gt.has_tumor:
             raise WsiheatError(f"{gt_path}: marks no tumor but {reference} labels {name} tumor")
-        if dims is None and gt.has_tumor:
-            ew, eh = gt.extent
-            W = max(int(ew), int(xs.max()) + 1 if xs.size else 0)
-            H = max(int(eh), int(ys.max()) + 1 if ys.size else 0)
+        if dims is None:
+            # the mask is sized from the ground truth, never from detections: a mask TIFF covers the
+            # slide (a detection outside it is an error); polygons only cover their extent, and a
+            # detection beyond it cannot hit a lesion (a false positive)
+            W, H = (int(v) for v in gt.extent)
+            if isinstance(gt, MaskGroundTruth):
+                check_detections_inside(det_files[name], xs, ys, lines, (W, H), what="ground-truth mask")
+            else:
+                unbounded.add(name)
         masks[name] = froc_tumor_mask(gt, (W, H), level, gt_path)
-    res = froc_from_arrays(detections, masks, mpp, level)
+    res = froc_from_arrays(detections, masks, mpp, level, unbounded=unbounded)
     out = ensure_out_dir(out_dir)
     files = {"report": "froc_report.json", "plot": "froc.png", "curve": "froc_curve.csv",
              "lesions": "froc_lesions.csv"}
