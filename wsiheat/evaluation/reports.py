@@ -98,7 +98,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from wsiheat.errors import WsiheatError
+from wsiheat.errors import ModelError, WsiheatError
 from wsiheat.evaluation.froc import (
     CAMELYON16_MPP,
     EVALUATION_MASK_LEVEL,
@@ -207,10 +207,13 @@ def error_examples(labels: np.ndarray, scores: np.ndarray, k: int = 16,
 
 def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathLike, out_dir: str | os.PathLike,
                      batch_size: int = 64, progress: bool = True, tta: bool = False,
-                     precision: str = "float32") -> dict[str, Any]:
+                     precision: str = "float32", allow_mismatch: bool = False) -> dict[str, Any]:
     """``wsiheat evaluate patches``: predict, then write the patch report.
 
     ``precision``: the model's compute precision (:func:`wsiheat.models.model.load_model`).
+    The windows must be at the model's magnifications (levels / downsamples,
+    or µm/px when both know theirs); ``allow_mismatch`` accepts others, and
+    the report's ``magnification_mismatch`` says how they differ.
 
     Writes ``patch_report.json``, ``patch_roc.png``, ``patch_per_slide.csv``,
     ``patch_predictions.csv`` (``index,slide,x,y,label,score``) and, when
@@ -223,8 +226,18 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
     dict
         The report (as in :func:`patch_report`, plus file names).
     """
-    from wsiheat.models.model import load_model
+    from wsiheat.models.model import load_model, read_metadata
+    from wsiheat.patches.store import open_patches, tower_mismatch
 
+    meta = read_metadata(model_path)
+    with open_patches(patches_path) as pf:
+        diff = tower_mismatch({k: meta.get(k) for k in ("levels", "downsamples", "mpps")},
+                              {"levels": pf.levels, "downsamples": pf.downsamples, "mpps": pf.tower_mpps()})
+    mismatch = None
+    if diff:
+        mismatch = f"{patches_path}: windows at another magnification than {model_path} was trained at: {diff}"
+        if not allow_mismatch:
+            raise ModelError(f"{mismatch}; extract them at the model's levels (or allow the mismatch)")
     out = ensure_out_dir(out_dir)
     model, meta = load_model(model_path, precision=precision)
     pred = predict_patches(model, patches_path, batch_size=batch_size, progress=progress, tta=tta)
@@ -232,6 +245,7 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
     rep["tta"] = bool(tta)
     rep["model"] = str(model_path)
     rep["patches"] = str(patches_path)
+    rep["magnification_mismatch"] = mismatch
     fpr, tpr, _ = roc_curve(pred["labels"], pred["scores"])
     files = {"report": "patch_report.json", "roc": "patch_roc.png", "per_slide": "patch_per_slide.csv",
              "predictions": "patch_predictions.csv"}

@@ -69,6 +69,43 @@ _STR = h5py.string_dtype(encoding="utf-8")
 DOWNSAMPLE_RTOL = 0.01
 
 
+#: What h5py raises on a damaged file (bad signatures, checksums, heaps, truncated data).
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, UnicodeDecodeError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def tower_mismatch(a: dict, b: dict) -> str | None:
+    """How the towers of two sources differ in magnification, or None when they agree.
+
+    ``a`` and ``b`` hold ``downsamples`` (per tower), and optionally
+    ``levels`` and ``mpps`` (per-tower µm/px, None when unknown). When both
+    know their µm/px, those are compared (5 % tolerance); otherwise the
+    downsamples (:data:`DOWNSAMPLE_RTOL`).
+    """
+    da, db = [float(v) for v in a.get("downsamples") or []], [float(v) for v in b.get("downsamples") or []]
+    if len(da) != len(db):
+        return f"{len(db)} tower(s) vs {len(da)}"
+    ma, mb = a.get("mpps"), b.get("mpps")
+
+    def show(d, ds):
+        lv = d.get("levels")
+        lv = [v for v in lv if v is not None and int(v) >= 0] if lv else []
+        return f"downsamples {[round(v, 3) for v in ds]}" + (f" (levels {lv})" if len(lv) == len(ds) else "")
+
+    if ma and mb and len(ma) == len(mb):
+        if not np.allclose(ma, mb, rtol=0.05):
+            return (f"µm/px {[round(float(v), 3) for v in mb]} vs {[round(float(v), 3) for v in ma]}; "
+                    f"{show(b, db)} vs {show(a, da)}")
+        return None
+    if not np.allclose(da, db, rtol=DOWNSAMPLE_RTOL):
+        return f"{show(b, db)} vs {show(a, da)}"
+    return None
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
     return h5py.File(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007)
 
@@ -293,6 +330,9 @@ class PatchFile:
             raise PatchFileError(f"{self.path}: cannot open HDF5 file ({exc})") from None
         try:
             self._validate()
+        except _H5_ERRORS as exc:
+            self._f.close()
+            raise PatchFileError(f"{self.path}: damaged HDF5 file, cannot read it ({_first_line(exc)})") from None
         except BaseException:
             self._f.close()
             raise
@@ -369,8 +409,19 @@ class PatchFile:
 
     # -- reading --------------------------------------------------------------------
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Images of rows ``[start, stop)``, uint8 (B, T, W, W, 3)."""
-        return self.images[start:stop]
+        """Images of rows ``[start, stop)``, uint8 (B, T, W, W, 3).
+
+        Raises PatchFileError when the file is damaged there.
+        """
+        try:
+            return self.images[start:stop]
+        except _H5_ERRORS as exc:
+            raise self.damaged(start, stop, exc) from None
+
+    def damaged(self, start: int, stop: int, exc: BaseException) -> PatchFileError:
+        """The error of a failed read of rows ``[start, stop)``."""
+        return PatchFileError(f"{self.path}: damaged HDF5 file, cannot read rows {start}-{stop - 1} "
+                              f"({_first_line(exc)})")
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Images of arbitrary rows (any order, repeats allowed), uint8 (B, T, W, W, 3).
@@ -389,7 +440,7 @@ class PatchFile:
         for c in np.unique(chunk):
             sel = np.flatnonzero(chunk == c)
             lo, hi = srt[sel[0]], srt[sel[-1]] + 1
-            block = self.images[lo:hi]
+            block = self.read(lo, hi)
             out[order[sel]] = block[srt[sel] - lo]
         return out
 
@@ -574,7 +625,7 @@ def _copy_rows(src: PatchFile, f: h5py.File, drop: set[str]) -> int:
         keep = new_ids >= 0
         if not keep.any():
             continue
-        imgs = src.images[s:e]
+        imgs = src.read(s, e)
         if not keep.all():
             imgs = imgs[keep]
         _append_rows(f, imgs, src.labels[s:e][keep], src.centers[s:e][keep], new_ids[keep].astype(np.int32))

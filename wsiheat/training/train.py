@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import atexit
 import csv
+import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from wsiheat import __version__, defaults
-from wsiheat.errors import WsiheatError
+from wsiheat.errors import PatchFileError, WsiheatError
 from wsiheat.fileio import atomic_path, check_writable_dir
 from wsiheat.models.model import INFER_PRECISIONS
 from wsiheat.training.dataset import (
@@ -102,6 +104,14 @@ class TrainConfig:
             raise WsiheatError(f"monitor={self.monitor}: choose {' or '.join(MONITORS)}")
         if self.precision not in PRECISIONS:
             raise WsiheatError(f"precision={self.precision}: choose {', '.join(PRECISIONS)}")
+
+
+class BatchSizeWarning(UserWarning):
+    """The batch size was lowered to the number of training rows."""
+
+
+class MagnificationWarning(UserWarning):
+    """Files at other magnifications were used together, as asked (``allow_mismatch``)."""
 
 
 class PrecisionWarning(UserWarning):
@@ -328,6 +338,12 @@ def _write_state(ckpt: Path, state: dict) -> None:
         tmp.write_text(json.dumps(state, indent=2))
 
 
+def _drop_empty_checkpoint(ckpt: Path, state: dict, resume: bool) -> None:
+    """Remove the checkpoint folder of a fresh run that failed before finishing an epoch (nothing to resume)."""
+    if not resume and not state.get("epoch"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
 def _oom_message(patches: Path, cfg: TrainConfig) -> str:
     return (f"{patches}: a batch of {cfg.batch_size} does not fit in memory: lower --batch-size"
             " (or use --shared-backbone)")
@@ -335,7 +351,7 @@ def _oom_message(patches: Path, cfg: TrainConfig) -> str:
 
 def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainConfig = TrainConfig(),
           *, val: str | os.PathLike | None = None, resume: bool = False,
-          progress: bool = True, callbacks: list | None = None) -> dict:
+          progress: bool = True, callbacks: list | None = None, allow_mismatch: bool = False) -> dict:
     """Train a tumor classifier on an HDF5 patches file and save it as ``output`` (.keras).
 
     Parameters
@@ -354,6 +370,9 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         Keras progress output (a bar on a terminal, one line per epoch otherwise).
     callbacks : list of keras.callbacks.Callback, optional
         Extra callbacks, run after the checkpointing one.
+    allow_mismatch : bool
+        Accept a validation file whose towers are at other magnifications
+        (a warning instead of an error).
 
     Returns
     -------
@@ -386,6 +405,15 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         if (vf.towers, vf.window) != (pf.towers, pf.window):
             raise WsiheatError(f"{val}: {vf.towers} tower(s) of {vf.window} px but the training "
                                f"file has {pf.towers} of {pf.window} px")
+        from wsiheat.patches.store import tower_mismatch
+
+        towers = {"levels": pf.levels, "downsamples": pf.downsamples, "mpps": pf.tower_mpps}
+        diff = tower_mismatch(towers, {"levels": vf.levels, "downsamples": vf.downsamples, "mpps": vf.tower_mpps})
+        if diff:
+            msg = f"{val}: validation windows at another magnification than {patches}: {diff}"
+            if not allow_mismatch:
+                raise WsiheatError(f"{msg}; extract them at the training file's levels (or allow the mismatch)")
+            warnings.warn(msg, MagnificationWarning, stacklevel=2)
         train_rows, val_rows, val_slides = np.arange(pf.n), np.arange(vf.n), list(vf.slides)
     else:
         vf = pf
@@ -394,6 +422,10 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     if len(np.unique(pf.labels[train_rows])) < 2:
         raise WsiheatError(f"{patches}: the training slides hold only one class after the "
                            "validation split; add slides or give a validation file")
+    if not multi and config.batch_size > len(train_rows):
+        warnings.warn(f"batch size {config.batch_size} is above the {len(train_rows)} training rows of {patches}; "
+                      f"using {len(train_rows)}", BatchSizeWarning, stacklevel=2)
+        config = dataclasses.replace(config, batch_size=int(len(train_rows)))
     pretrained = config.weights != "none"
     lr = config.lr if config.lr is not None else (1e-4 if pretrained else 1e-3)
 
@@ -439,11 +471,15 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     # datasets (global batch; the strategy splits it over replicas)
     n_train = len(train_rows)
     steps = config.steps_per_epoch or steps_for(n_train, config.batch_size)
-    train_ds = None if multi else make_dataset(  # multi-worker: one pipeline per worker, below
-        pf, train_rows, config.batch_size, training=True, augment=config.augment,
-        balance=config.balance, seed=config.seed, memory_budget=config.memory_budget)
-    val_ds = make_dataset(vf, val_rows, config.batch_size, training=False,
-                          memory_budget=config.memory_budget)
+    try:  # rows that fit in memory are read here
+        train_ds = None if multi else make_dataset(  # multi-worker: one pipeline per worker, below
+            pf, train_rows, config.batch_size, training=True, augment=config.augment,
+            balance=config.balance, seed=config.seed, memory_budget=config.memory_budget)
+        val_ds = make_dataset(vf, val_rows, config.batch_size, training=False,
+                              memory_budget=config.memory_budget)
+    except WsiheatError:
+        _drop_empty_checkpoint(ckpt, state, resume)
+        raise
     val_steps = steps_for(len(val_rows), config.batch_size)
     cw = class_weights(pf.labels[train_rows]) if config.balance == "weights" else None
 
@@ -494,9 +530,20 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
                     model.load_weights(ckpt / "best.weights.h5")
                 val_metrics = model.evaluate(val_ds, steps=val_steps, verbose=0, return_dict=True)
     except tf.errors.ResourceExhaustedError:
+        _drop_empty_checkpoint(ckpt, state, resume)
         raise WsiheatError(_oom_message(patches, config)) from None
     except MemoryError:
+        _drop_empty_checkpoint(ckpt, state, resume)
         raise WsiheatError(_oom_message(patches, config)) from None
+    except tf.errors.OpError as exc:  # an error of ours inside the input pipeline (a damaged file)
+        m = re.search(r"(?:PatchFileError|WsiheatError): (.+)", str(exc))
+        if not m:
+            raise
+        _drop_empty_checkpoint(ckpt, state, resume)
+        raise PatchFileError(m.group(1).strip()) from None
+    except WsiheatError:
+        _drop_empty_checkpoint(ckpt, state, resume)
+        raise
     val_metrics = {k: float(v) for k, v in val_metrics.items()}
     if "sensitivity" in val_metrics and "specificity" in val_metrics:
         val_metrics["balanced_accuracy"] = 0.5 * (val_metrics["sensitivity"]
