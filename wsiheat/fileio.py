@@ -8,8 +8,13 @@ existed before stays exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
+import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -127,23 +132,113 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     pause_point("after-commit")
 
 
+# --- temporary files: named after their writer, removed when it is gone ------------------------------
+
+#: This machine, in temporary names (a writer on another machine sharing the folder is never judged).
+HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """Prefix of this process's temporary files beside ``path``: ``.NAME.HOST-PID.``."""
+    return f".{Path(path).name}.{HOST}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files beside ``path`` left by writers that are gone (killed, crashed).
+
+    Only files named by :func:`temp_prefix` (``.NAME.HOST-PID.*.shard.h5`` or
+    ``.NAME.HOST-PID.*.part*``) whose HOST is this machine and whose PID no
+    longer runs are removed; a live writer's files, other machines' files
+    and any other file are left alone. Returns the removed paths.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    pat = re.compile(rf"^\.{re.escape(path.name)}\.(?P<host>[0-9a-f]{{8}})-(?P<pid>\d+)\..*\.(shard\.h5|part.*)$")
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for e in entries:
+        m = pat.match(e.name)
+        if not m or m["host"] != HOST or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+            removed.append(Path(e.path))
+    return removed
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free space of the file system holding ``folder``, in bytes (available to this user)."""
+    return shutil.disk_usage(folder).free
+
+
+def check_free_space(path: str | os.PathLike, need: int, what: str = "the output") -> None:
+    """Raise before a large write into the folder of ``path`` that would not fit (``need`` bytes, +5 %)."""
+    parent = Path(path).parent if str(Path(path).parent) else Path(".")
+    free = free_bytes(parent)
+    if need * 1.05 + (1 << 20) > free:
+        raise WsiheatError(f"{parent}: not enough free space for {what}: about "
+                           f"{_mb(need)} needed, {_mb(free)} free; nothing was changed")
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def write_error(path: str | os.PathLike, exc: BaseException) -> WsiheatError:
+    """A one-line error for a failed write of ``path`` (disk full, I/O error, ...)."""
+    text = str(exc)
+    no_space = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text or "errno = 28" in text
+    if no_space:
+        return WsiheatError(f"{path}: disk full while writing (no space left in {Path(path).parent}); "
+                            f"the earlier file, if any, is unchanged")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return WsiheatError(f"{path}: write failed ({first}); the earlier file, if any, is unchanged")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
     On any exception (KeyboardInterrupt included) the temporary file is removed
-    and ``path`` is left untouched.
+    and ``path`` is left untouched. The temporary name holds this machine and
+    process (:func:`temp_prefix`), so a later run removes what a killed one
+    left (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     parent = check_writable_dir(path)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=parent)
+    remove_stale_temporaries(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=f".part{suffix}", dir=parent)
+    except OSError as exc:
+        raise WsiheatError(f"{path}: cannot write output in {parent} ({exc.strerror})") from None
     os.close(fd)
     os.unlink(tmp)  # writers create the file themselves
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise write_error(path, exc) from None
+            raise
         if not tmp_path.exists():
             raise RuntimeError(f"atomic_path: nothing was written to {tmp_path}")
         commit(tmp_path, path)

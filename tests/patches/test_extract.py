@@ -534,3 +534,69 @@ def test_slide_without_tissue_gives_zero_windows_and_a_warning(tmp_path, kind):
     res = run_cli("extract", path, gt, "-o", out2, "--levels", "0", "--center", "10", "-q")
     assert_one_line_error(res, "no window", f"{kind}.tif")
     assert not out2.exists()
+
+
+# --- disk full, kills and stale temporary files (issue 18, case 8) -------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 12 MB file system (tmpfs) as output folder; skipped where mounting is not allowed."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (tools/fault_matrix.py falls back to a file-size limit)")
+    yield d
+    subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def test_disk_full_is_one_line_and_keeps_the_file(slide1k, slide_b, small_disk):
+    out = small_disk / "p.h5"
+    assert run_cli("extract", slide1k[0], "-o", out, "--levels", "1", "2", "--max-normal", "20", "-q").returncode == 0
+    before = digest(out)
+    # planned windows that cannot fit (the shard and the merged copy): refused before writing
+    big = small_disk.parent / "big.tif"
+    write_pyramid(big, tissue_image(2048, seed=9))
+    res = run_cli("extract", big, "-o", out, "--levels", "1", "2", "--max-normal", "0", "-q")
+    assert_one_line_error(res, "not enough free space")
+    assert digest(out) == before and sorted(p.name for p in small_disk.iterdir()) == ["p.h5"]
+    # a few windows fit: appended, nothing left behind
+    res = run_cli("extract", slide_b, "-o", out, "--levels", "1", "2", "--max-normal", "5", "-q")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["p.h5"]
+
+
+def test_write_failure_while_writing_is_one_line_not_a_crash(slide_b, small_disk):
+    """The free-space estimate fooled (another writer fills the disk): HDF5 is stopped before ENOSPC."""
+    out = small_disk / "p.h5"
+    code = ("import wsiheat.patches.extract as e, wsiheat.fileio as f\n"
+            "e.check_free_space = lambda *a, **k: None\n"  # the up-front estimate passes
+            "from wsiheat.cli.main import main\n"
+            f"main(['extract', {str(slide_b)!r}, '-o', {str(out)!r}, '--levels', '0', '1', '--max-normal', '0', '-q'])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert_one_line_error(res, "free space")
+    assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("point", ["shard-append", "before-commit"])
+def test_sigkill_leaves_temporaries_that_the_next_run_removes(slide1k, slide_b, tmp_path, point):
+    out = tmp_path / "p.h5"
+    assert run_cli("extract", slide1k[0], "-o", out, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
+    before = digest(out)
+    proc = start_paused(_extract_args(slide_b, out), tmp_path, point)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert digest(out) == before
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".p.h5.")]
+    assert left, "the killed run should have left its temporary file"
+    # a live writer's temporaries are never touched: one beside it, named after this (live) test process
+    from wsiheat.fileio import temp_prefix
+
+    live = tmp_path / f"{temp_prefix(out)}keep.shard.h5"
+    live.write_bytes(b"in use")
+    res = run_cli(*_extract_args(slide_b, out))
+    assert res.returncode == 0, res.stderr
+    assert f"removed {len(left)} temporary file" in res.stderr, res.stderr
+    assert not any(p.exists() for p in left) and live.exists()
+    with open_patches(out) as pf:
+        assert pf.slides == ["slide_a", "slide_b"]

@@ -47,7 +47,7 @@ import numpy as np
 
 from wsiheat import __version__
 from wsiheat.errors import PatchFileError
-from wsiheat.fileio import atomic_path, pause_point
+from wsiheat.fileio import atomic_path, check_free_space, free_bytes, pause_point
 
 FORMAT = "wsiheat-patches"
 SCHEMA_VERSION = 1
@@ -178,6 +178,28 @@ def _create_layout(f: h5py.File, attrs: dict, chunk_rows: int = CHUNK_ROWS) -> N
     f.create_dataset("slide_info", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
 
 
+#: Free space kept in reserve while writing (HDF5 metadata, the chunk cache's last flush).
+ROOM_MARGIN = 4 << 20
+
+
+def _ensure_room(path: Path, expected_size: int) -> None:
+    """Raise before a write that would fill the disk: HDF5 does not survive a full disk (it can crash).
+
+    ``expected_size``: bytes the file will hold after the write; what is not
+    yet on disk (chunks still in HDF5's cache included) must fit in the free space.
+    """
+    try:
+        on_disk = path.stat().st_blocks * 512
+    except OSError:
+        on_disk = 0
+    need = max(0, expected_size - on_disk) + ROOM_MARGIN
+    free = free_bytes(path.parent)
+    if need > free:
+        raise PatchFileError(f"{path.parent}: not enough free space to go on writing {path.name} "
+                             f"({need / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free); the earlier file, "
+                             f"if any, is unchanged")
+
+
 def _append_rows(f: h5py.File, images: np.ndarray, labels: np.ndarray, centers: np.ndarray,
                  slide_ids: np.ndarray) -> None:
     n0, k = f["labels"].shape[0], len(labels)
@@ -225,6 +247,7 @@ class ShardWriter:
         self.attrs = normalize_attrs(attrs)
         self.towers = len(self.attrs["downsamples"])
         self.window = self.attrs["window"]
+        self.row_bytes = self.towers * self.window * self.window * 3 + 8 * 3
         try:
             self._f = _open_h5(self.path, "w")
         except OSError as exc:
@@ -271,6 +294,7 @@ class ShardWriter:
             raise ValueError(f"{k} images but {len(labels)} labels and {len(centers)} centers")
         if not 0 <= slide_id < self._f["slides"].shape[0]:
             raise ValueError(f"unknown slide id {slide_id}")
+        _ensure_room(self.path, (self.n + k) * self.row_bytes)
         _append_rows(self._f, images, labels, centers, np.full(k, slide_id, np.int32))
         pause_point("shard-append")
 
@@ -579,6 +603,9 @@ def merge_into(dest: str | os.PathLike, shard_paths: list[str | os.PathLike], re
         if clash and not replace:
             raise PatchFileError(f"{dest}: slide {', '.join(clash)} is already in the file "
                                f"(use --replace to re-extract it)")
+        rows_bytes = sum(-(-s.n // CHUNK_ROWS) * CHUNK_ROWS * s.towers * s.window * s.window * 3 for s in shards)
+        old_size = dest.stat().st_size if old is not None else 0
+        check_free_space(dest, old_size + rows_bytes, what="the merged file")
         with atomic_path(dest, suffix=".h5") as tmp:
             if old is not None and not clash:
                 old.close()
