@@ -17,7 +17,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from conftest import shared_path
+from conftest import damaged_copy, shared_path
 
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.extract import extract_to_file
@@ -600,3 +600,14 @@ def test_sigkill_leaves_temporaries_that_the_next_run_removes(slide1k, slide_b, 
     assert not any(p.exists() for p in left) and live.exists()
     with open_patches(out) as pf:
         assert pf.slides == ["slide_a", "slide_b"]
+
+
+def test_extract_into_a_file_damaged_in_the_middle(slide1k, slide_b, tmp_path):
+    """Case 7: the output's chunk index is damaged: a one-line error, the file unchanged, nothing left."""
+    good = tmp_path / "good.h5"
+    assert run_cli("extract", slide1k[0], "-o", good, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
+    bad = damaged_copy(good, tmp_path / "bad.h5")
+    before = digest(bad)
+    assert_one_line_error(run_cli(*_extract_args(slide_b, bad)), "bad.h5", "damaged")
+    assert digest(bad) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5", "good.h5"]

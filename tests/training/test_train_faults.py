@@ -4,12 +4,8 @@ CLI in-process (TensorFlow is loaded once)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-import h5py
 import pytest
-from conftest import write_patches
+from conftest import damaged_copy, write_patches
 from test_train import make_data, run_cli
 
 TRAIN = ["--weights", "none", "--backbone", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8"]
@@ -30,30 +26,6 @@ def files(tmp_path_factory):
     same = write_patches(d / "same.h5", *make_data(n_slides=2, tumor_slides=(1,), seed=3), downsamples=[1.0, 4.0])
     other = write_patches(d / "other.h5", *make_data(n_slides=2, tumor_slides=(1,), seed=3), downsamples=[4.0, 16.0])
     return {"dir": d, "tr": tr, "same": same, "other": other}
-
-
-def damaged_copy(src: Path, dst: Path, dataset: str = "images") -> Path:
-    # the same bytes each run (the first B-tree node whose damage breaks only this dataset)
-    """A copy whose chunk index (B-tree node) of ``dataset`` is overwritten: every other dataset still reads."""
-    data = src.read_bytes()
-    offsets = [i for i in range(len(data)) if data.startswith(b"TREE", i)]
-    for off in offsets:
-        shutil.copyfile(src, dst)
-        with open(dst, "r+b") as f:
-            f.seek(off)
-            f.write(b"\xff" * 64)
-        try:
-            with h5py.File(dst, "r") as f:
-                others_ok = all(f[k][...] is not None for k in f if k != dataset)
-                try:
-                    f[dataset][...]
-                    continue
-                except Exception:
-                    if others_ok:
-                        return dst
-        except Exception:
-            continue
-    raise AssertionError(f"no B-tree of {dataset} found in {src}")
 
 
 def test_val_file_at_other_magnification_is_refused(files, tmp_path, capsys):

@@ -624,6 +624,9 @@ def merge_into(dest: str | os.PathLike, shard_paths: list[str | os.PathLike], re
                 for s in shards:
                     rows_added += _copy_rows(s, f, drop=set())
                 total = int(f["labels"].shape[0])
+            except _H5_ERRORS as exc:  # the copy of a file damaged in the middle (its chunk index, ...)
+                raise PatchFileError(f"{dest}: damaged HDF5 file, cannot append to it ({_first_line(exc)}); "
+                                     f"it is unchanged") from None
             finally:
                 f.close()
         return {"slides_added": [n for n in seen if n not in existing], "slides_replaced": clash,
