@@ -403,10 +403,8 @@ def name_problem(name: str) -> str | None:
     n = str(name)
     if not n.strip():
         return "is empty"
-    if n.strip() in (".", ".."):
-        return f"is {n.strip()!r}"
-    if n.startswith("."):
-        return "starts with a dot (the outputs would be hidden files)"
+    if n.startswith(".") or n.strip() in (".", ".."):
+        return f"starts with a dot (the outputs would be hidden files such as {n}.h5)"
     if "/" in n or os.sep in n:
         return "holds a path separator"
     return None
