@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -107,3 +108,27 @@ def run_tf_workers(argvs: list[list[str]], hosts: list[str], timeout: float, cwd
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     return outs
+
+
+def damaged_copy(src: Path, dst: Path, dataset: str = "images") -> Path:
+    # the same bytes each run (the first B-tree node whose damage breaks only this dataset)
+    """A copy whose chunk index (B-tree node) of ``dataset`` is overwritten: every other dataset still reads."""
+    data = src.read_bytes()
+    offsets = [i for i in range(len(data)) if data.startswith(b"TREE", i)]
+    for off in offsets:
+        shutil.copyfile(src, dst)
+        with open(dst, "r+b") as f:
+            f.seek(off)
+            f.write(b"\xff" * 64)
+        try:
+            with h5py.File(dst, "r") as f:
+                others_ok = all(f[k][...] is not None for k in f if k != dataset)
+                try:
+                    f[dataset][...]
+                    continue
+                except Exception:
+                    if others_ok:
+                        return dst
+        except Exception:
+            continue
+    raise AssertionError(f"no B-tree of {dataset} found in {src}")

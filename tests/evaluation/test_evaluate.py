@@ -963,7 +963,7 @@ def test_cli_patches(tmp_path, capsys):
     write_patches(h5p, images, labels, slide_ids, ["alpha", "beta"], chunk=16)
     model = tiny_model(T, W)
     mp = tmp_path / "m.keras"
-    save_model(model, mp, {"window": W, "center": 4, "stride": 4, "downsamples": [4, 8], "towers": T})
+    save_model(model, mp, {"window": W, "center": 4, "stride": 4, "downsamples": [1, 4], "towers": T})
     expected = model.predict(images, verbose=0)[:, 0].astype(np.float64)
     out = tmp_path / "eval"
     code, stdout, err = run_cli(["evaluate", "patches", "-m", str(mp), "-p", str(h5p), "-o", str(out),
@@ -1207,3 +1207,56 @@ def test_fit_scorer_and_tune_with_it(tmp_path, capsys):
                             "--mpp", "1", "--level", "2", "-o", str(tmp_path / "cli.json")], capsys)
     one_line_error(code, err, "cannot fit a lesion scorer", "tumor and normal")
     assert (tmp_path / "cli.json").read_bytes() == before
+
+
+# --------------------------------------------------------------------------- faults (issue 18, case 3)
+def _froc_in_subprocess(results, gt, out, level, limit_gb=8):
+    """`wsiheat evaluate froc` in a child with an 8 GB address-space limit: a mask sized from a far detection
+    fails there (MemoryError) instead of exhausting the machine."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, ({limit_gb << 30}, {limit_gb << 30}))\n"
+            "from wsiheat.cli.main import main\n"
+            f"main(['evaluate', 'froc', {str(results)!r}, '-g', {str(gt)!r}, '-o', {str(out)!r}, "
+            f"'--level', '{level}'])\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("level", [0, 5])
+def test_froc_mask_is_never_sized_from_a_far_detection(tmp_path, level):
+    from wsiheat.evaluation.reports import evaluate_froc
+
+    res, gt = tmp_path / "res", tmp_path / "gt"
+    res.mkdir()
+    gt.mkdir()
+    (gt / "T.json").write_text(json.dumps({"positive": [{"name": "a", "vertices": [[100, 100], [3100, 100],
+                                                                                    [3100, 3100], [100, 3100]]}]}))
+    (res / "T.csv").write_text("0.9,1600,1600\n0.8,300000,300000\n")
+    rep = evaluate_froc(res, [gt], tmp_path / "out", level=level, progress=False)  # a polygon: far point = FP
+    assert rep["per_slide"][0]["false_positives"] == 1 and rep["froc_score"] == 1.0
+    # a mask TIFF gives the slide size: a detection outside it is an error naming the file and row
+    from _tiff import write_mask_tiff
+
+    (gt / "T.json").unlink()
+    mask = np.zeros((4096, 4096), np.uint8)
+    mask[100:3100, 100:3100] = 1
+    write_mask_tiff(gt / "T_mask.tif", mask, n_levels=1)
+    r = _froc_in_subprocess(res, gt, tmp_path / "out2", level)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert "T.csv:2" in lines[0] and "outside" in lines[0], lines[0]
+
+
+def test_froc_huge_coordinate_is_an_error(tmp_path):
+    res, gt = tmp_path / "res", tmp_path / "gt"
+    res.mkdir()
+    gt.mkdir()
+    (gt / "T.json").write_text(json.dumps({"positive": [{"name": "a", "vertices": [[1, 1], [3000, 1], [3000, 3000]]}]}))
+    (res / "T.csv").write_text("0.9,20,20\n0.5,1e300,5\n")
+    r = _froc_in_subprocess(res, gt, tmp_path / "out", 5)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "T.csv:2" in lines[0], r.stderr[-3000:]

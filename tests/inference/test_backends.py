@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_patches
+from _helpers import write_patches
 
 from wsiheat.cli.main import main
 from wsiheat.errors import WsiheatError

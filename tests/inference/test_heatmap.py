@@ -585,3 +585,83 @@ def test_cli_max_cells_evaluates_only_the_first_tissue_cells(real_slides, tmp_pa
     with h5py.File(tmp_path / "cmu-1-small-region.h5", "r") as f:
         tissue = f["tissue"][...]
     assert tissue.sum() == 20 and np.flatnonzero(tissue).max() < tissue.shape[1] * 10
+
+
+# --- faults (issue 18) ---------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _digests(out: Path, name: str) -> dict:
+    import hashlib
+
+    return {s: hashlib.sha256((out / f"{name}{s}").read_bytes()).hexdigest() for s in OUTPUT_SUFFIXES}
+
+
+def _start_paused(args, tmp_path: Path, point: str, timeout: float = 300):
+    """``wsiheat ARGS`` in a subprocess, held at the test hook ``point`` (docs/reliability.md)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), WSIHEAT_TEST_PAUSE=point, WSIHEAT_TEST_PAUSE_DIR=str(hooks))
+    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + timeout
+    while not (hooks / f"{point}.reached").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if not (hooks / f"{point}.reached").exists():
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"never reached the test hook {point}: {err[-2000:]}")
+    return proc
+
+
+def test_manifest_overwrite_with_corrupt_model_keeps_outputs(data, tmp_path, capsys):
+    """Case 1: `heatmap --manifest ... --overwrite` with a broken model leaves the earlier 7 files as they were."""
+    m = tmp_path / "m.csv"
+    m.write_text(f"slide\n{data['small']}\n")
+    out = tmp_path / "res"
+    code, so, se = run_cli(["heatmap", "--manifest", m, "-m", data["models"]["ds1"], "--out-dir", out], capsys)
+    assert code == 0, se
+    before = _digests(out, "small")
+    good = Path(data["models"]["ds1"]).read_bytes()
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(good[: len(good) // 2])
+    middle = tmp_path / "middle.keras"  # readable metadata, damaged weights
+    middle.write_bytes(good[: len(good) // 3] + bytes(4096) + good[len(good) // 3 + 4096:])
+    for bad in (truncated, middle):
+        code, so, se = run_cli(["heatmap", "--manifest", m, "-m", bad, "--out-dir", out, "--overwrite"], capsys)
+        assert code == 2, (bad, so, se)
+        assert _digests(out, "small") == before, bad
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"small{s}" for s in OUTPUT_SUFFIXES)
+
+
+def test_killed_while_writing_outputs_is_redone_not_skipped(data, tmp_path, capsys):
+    """Case 4: a run killed after renaming NAME.h5 but before NAME.json leaves a mixed set; the next run
+    must see it is incomplete (the completion record's hashes) and redo it, not skip it."""
+    from wsiheat.inference.outputs import outputs_complete
+
+    out = tmp_path / "res"
+    base = ["heatmap", data["small"], "--out-dir", out, "--batch-size", "64", "--no-progress"]
+    code, so, se = run_cli([*base, "-m", data["models"]["ds1"]], capsys)
+    assert code == 0, se
+    first = _digests(out, "small")
+    proc = _start_paused([*base, "-m", data["models"]["ds2"], "--overwrite", "--smooth", "3"], tmp_path,
+                         "heatmap-outputs")
+    proc.kill()
+    proc.communicate()
+    mixed = _digests(out, "small")
+    assert mixed[".h5"] != first[".h5"] and mixed[".json"] == first[".json"]  # the mixed set of the issue
+    assert not outputs_complete(out, "small")
+    code, so, se = run_cli([*base, "-m", data["models"]["ds1"]], capsys)  # the earlier parameters
+    assert code == 0 and "skipped" not in so and "small: score" in so, (so, se)
+    assert outputs_complete(out, "small") and _digests(out, "small")[".h5"] == first[".h5"]
+    code, so, se = run_cli([*base, "-m", data["models"]["ds1"]], capsys)
+    assert code == 0 and "skipped" in so
+    code, so, se = run_cli([*base, "-m", data["models"]["ds1"], "--smooth", "0"], capsys)  # other parameters
+    assert code == 0 and "skipped" not in so and json.loads((out / "small.json").read_text())["smooth"] == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

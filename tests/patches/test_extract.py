@@ -17,7 +17,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from _helpers import shared_path
+from _helpers import damaged_copy, shared_path
 
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.extract import extract_to_file
@@ -381,32 +381,56 @@ def test_failure_mid_slide_leaves_file_identical(slide1k, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif", "p.h5"]
 
 
-def test_sigint_mid_slide_leaves_file_identical(slide1k, tmp_path):
+def start_paused(args, tmp_path, point, timeout=90):
+    """Start ``wsiheat ARGS`` held at the test hook ``point`` (see docs/reliability.md); wait until it is there."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), WSIHEAT_TEST_PAUSE=point, WSIHEAT_TEST_PAUSE_DIR=str(hooks))
+    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", *map(str, args)], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    reached = hooks / f"{point}.reached"
+    deadline = time.time() + timeout
+    while not reached.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if not reached.exists():
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"never reached the test hook {point} (exit {proc.returncode}): {err[-2000:]}")
+    return proc
+
+
+def _extract_args(slide, out):
+    return ("extract", slide, "-o", out, "--levels", "0", "1", "--max-normal", "0", "-q")
+
+
+@pytest.mark.parametrize("point", ["shard-append", "before-commit"])
+def test_sigint_mid_slide_leaves_file_identical(slide1k, slide_b, tmp_path, point):
+    """Deterministic: the writer is held by the test hook mid-slide (a row batch in the shard) or with the
+    merged file complete but not yet renamed; SIGINT there leaves the file byte-identical, nothing behind."""
     out = tmp_path / "p.h5"
     assert run_cli("extract", slide1k[0], "-o", out, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
     before = digest(out)
-    big = tmp_path / "big.tif"
-    write_pyramid(big, tissue_image(4096, seed=7), n_levels=4, tile=256, compression=None)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", "extract", str(big), "-o", str(out), "--levels", "0", "1",
-                             "--max-normal", "0", "-q"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
-    deadline = time.time() + 60
-    shard_rows = 0
-    while time.time() < deadline and proc.poll() is None:
-        shards = [p for p in tmp_path.iterdir() if p.name.endswith(".shard.h5")]
-        if shards:  # the shard is created once the plan is made: windows are being read and written
-            time.sleep(0.5)
-            shard_rows = proc.poll() is None
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.01)
+    proc = start_paused(_extract_args(slide_b, out), tmp_path, point)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert shard_rows, f"extraction finished before it could be interrupted: {err}"
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
+    assert "Traceback" not in err and "interrupted" in err and "completed" not in err
     assert digest(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "p.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hooks") == ["p.h5"]
+
+
+def test_sigint_after_commit_says_completed(slide1k, slide_b, tmp_path):
+    """SIGINT once the append is committed: the message says it completed (exit 0), the rows are there."""
+    out = tmp_path / "p.h5"
+    assert run_cli("extract", slide1k[0], "-o", out, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
+    proc = start_paused(_extract_args(slide_b, out), tmp_path, "after-commit")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "completed" in err and "p.h5" in err
+    with open_patches(out) as pf:
+        assert pf.slides == ["slide_a", "slide_b"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hooks") == ["p.h5"]
 
 
 # --- bad inputs through the CLI ---------------------------------------------------------------
@@ -536,3 +560,106 @@ def test_plan_equals_the_all_cells_computation_on_real_slides(slide_path, gt_suf
     np.testing.assert_array_equal(plan.centers0, centers)
     np.testing.assert_array_equal(plan.labels, labels)
     assert {k: plan.stats[k] for k in stats} == stats
+
+
+# --- no tissue (issue 18, case 6) ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["white", "black", "one_pixel", "grayscale"])
+def test_slide_without_tissue_gives_zero_windows_and_a_warning(tmp_path, kind):
+    path = tmp_path / f"{kind}.tif"
+    img = {"white": np.full((512, 512, 3), 255, np.uint8), "black": np.zeros((512, 512, 3), np.uint8),
+           "one_pixel": np.full((1, 1, 3), 200, np.uint8), "grayscale": np.full((512, 512), 240, np.uint8)}[kind]
+    tifffile.imwrite(path, img, photometric="rgb" if img.ndim == 3 else "minisblack",
+                     tile=(128, 128) if img.shape[0] > 1 else None)
+    out = tmp_path / "p.h5"
+    res = run_cli("extract", path, "-o", out, "--levels", "0", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "warning" in res.stderr and "no tissue" in res.stderr, res.stderr
+    with open_patches(out) as pf:
+        assert pf.n == 0 and pf.slides == [kind]
+    if kind == "one_pixel":
+        return
+    # tumor ground truth between the labelled centres of the grid: no window at all, an error
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"positive": [{"name": "t", "vertices": [[1, 1], [3, 1], [3, 3], [1, 3]]}]}))
+    out2 = tmp_path / "q.h5"
+    res = run_cli("extract", path, gt, "-o", out2, "--levels", "0", "--center", "10", "-q")
+    assert_one_line_error(res, "no window", f"{kind}.tif")
+    assert not out2.exists()
+
+
+# --- disk full, kills and stale temporary files (issue 18, case 8) -------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 12 MB file system (tmpfs) as output folder; skipped where mounting is not allowed."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (tools/fault_matrix.py falls back to a file-size limit)")
+    yield d
+    subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def test_disk_full_is_one_line_and_keeps_the_file(slide1k, slide_b, small_disk):
+    out = small_disk / "p.h5"
+    assert run_cli("extract", slide1k[0], "-o", out, "--levels", "1", "2", "--max-normal", "20", "-q").returncode == 0
+    before = digest(out)
+    # planned windows that cannot fit (the shard and the merged copy): refused before writing
+    big = small_disk.parent / "big.tif"
+    write_pyramid(big, tissue_image(2048, seed=9))
+    res = run_cli("extract", big, "-o", out, "--levels", "1", "2", "--max-normal", "0", "-q")
+    assert_one_line_error(res, "not enough free space")
+    assert digest(out) == before and sorted(p.name for p in small_disk.iterdir()) == ["p.h5"]
+    # a few windows fit: appended, nothing left behind
+    res = run_cli("extract", slide_b, "-o", out, "--levels", "1", "2", "--max-normal", "5", "-q")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["p.h5"]
+
+
+def test_write_failure_while_writing_is_one_line_not_a_crash(slide_b, small_disk):
+    """The free-space estimate fooled (another writer fills the disk): HDF5 is stopped before ENOSPC."""
+    out = small_disk / "p.h5"
+    code = ("import wsiheat.patches.extract as e, wsiheat.fileio as f\n"
+            "e.check_free_space = lambda *a, **k: None\n"  # the up-front estimate passes
+            "from wsiheat.cli.main import main\n"
+            f"main(['extract', {str(slide_b)!r}, '-o', {str(out)!r}, '--levels', '0', '1', '--max-normal', '0', '-q'])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert_one_line_error(res, "free space")
+    assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("point", ["shard-append", "before-commit"])
+def test_sigkill_leaves_temporaries_that_the_next_run_removes(slide1k, slide_b, tmp_path, point):
+    out = tmp_path / "p.h5"
+    assert run_cli("extract", slide1k[0], "-o", out, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
+    before = digest(out)
+    proc = start_paused(_extract_args(slide_b, out), tmp_path, point)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert digest(out) == before
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".p.h5.")]
+    assert left, "the killed run should have left its temporary file"
+    # a live writer's temporaries are never touched: one beside it, named after this (live) test process
+    from wsiheat.fileio import temp_prefix
+
+    live = tmp_path / f"{temp_prefix(out)}keep.shard.h5"
+    live.write_bytes(b"in use")
+    res = run_cli(*_extract_args(slide_b, out))
+    assert res.returncode == 0, res.stderr
+    assert f"removed {len(left)} temporary file" in res.stderr, res.stderr
+    assert not any(p.exists() for p in left) and live.exists()
+    with open_patches(out) as pf:
+        assert pf.slides == ["slide_a", "slide_b"]
+
+
+def test_extract_into_a_file_damaged_in_the_middle(slide1k, slide_b, tmp_path):
+    """Case 7: the output's chunk index is damaged: a one-line error, the file unchanged, nothing left."""
+    good = tmp_path / "good.h5"
+    assert run_cli("extract", slide1k[0], "-o", good, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
+    bad = damaged_copy(good, tmp_path / "bad.h5")
+    before = digest(bad)
+    assert_one_line_error(run_cli(*_extract_args(slide_b, bad)), "bad.h5", "damaged")
+    assert digest(bad) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5", "good.h5"]

@@ -346,3 +346,71 @@ def test_real_camelyon16_annotations(shared_data):
     normal = load_ground_truth(d / "Normal_001.json")
     assert not normal.has_tumor
     assert not normal.tumor_mask(0, 0, 64, 64, 32.0).any()
+
+
+# --- faults (issue 18, cases 5 and 7) ------------------------------------------------------
+
+def _feature(coords, gtype="Polygon", props=None):
+    return {"type": "Feature", "properties": props if props is not None else {"classification": {"name": "Tumor"}},
+            "geometry": {"type": gtype, "coordinates": coords}}
+
+
+def test_geojson_3d_positions_use_x_and_y(tmp_path):
+    ring2 = ring(TUMOR_A)
+    ring3 = [[x, y, 7.0] for x, y in ring2]
+    for name, r in (("two.geojson", ring2), ("three.geojson", ring3)):
+        (tmp_path / name).write_text(json.dumps({"type": "FeatureCollection", "features": [_feature([r])]}))
+    two = load_ground_truth(tmp_path / "two.geojson", SLIDE)
+    three = load_ground_truth(tmp_path / "three.geojson", SLIDE)
+    assert len(three.positive) == 1 and np.array_equal(two.positive[0], three.positive[0])
+    assert np.array_equal(two.tumor_mask(0, 0, 64, 64, 32.0), three.tumor_mask(0, 0, 64, 64, 32.0))
+
+
+def test_nan_or_inf_vertex_is_an_error_naming_the_annotation(tmp_path):
+    bad = TUMOR_A.astype(float).copy()
+    bad[1, 0] = np.nan
+    asap_xml(tmp_path / "nan.xml", {"_0": [TUMOR_B, bad]})
+    msg = _bad(tmp_path / "nan.xml", match="not finite")
+    assert "_0 2" in msg or "Annotation 1" in msg or "'" in msg
+    (tmp_path / "nan.json").write_text(json.dumps({"positive": [{"name": "lesion-7", "vertices": ring(bad)}],
+                                                   "negative": []}).replace("NaN", "NaN"))
+    _bad(tmp_path / "nan.json", match="lesion-7")
+    (tmp_path / "inf.geojson").write_text(json.dumps(_feature([[[0, 0], [10, float("inf")], [10, 10]]],
+                                                              props={"name": "blob"})))
+    _bad(tmp_path / "inf.geojson", match="not finite")
+
+
+@pytest.mark.parametrize("name,data,needle", [
+    ("geometry_string", {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": "Polygon"}]},
+     "geometry"),
+    ("properties_list", {"type": "FeatureCollection", "features": [_feature([[[0, 0], [9, 0], [9, 9]]],
+                                                                             props=[1, 2])]}, "properties"),
+    ("features_number", {"type": "FeatureCollection", "features": 5}, "features"),
+    ("feature_string", {"type": "FeatureCollection", "features": ["tumor"]}, "feature 0"),
+    ("coordinates_string", {"type": "FeatureCollection", "features": [_feature("0,0 9,0 9,9")]}, "coordinates"),
+    ("coordinates_numbers", {"type": "FeatureCollection", "features": [_feature([0, 0, 9, 0, 9, 9])]},
+     "coordinates"),
+    ("ragged_ring", {"type": "FeatureCollection", "features": [_feature([[[0, 0], [9, 0], 9, [9, 9]]])]},
+     "coordinates"),
+    ("multipolygon_ragged", {"type": "FeatureCollection", "features": [
+        _feature([[[[0, 0], [9, 0], [9, 9]]], [[0, 0], [5, 5]]], "MultiPolygon")]}, "coordinates"),
+    ("text_vertex", {"type": "FeatureCollection", "features": [_feature([[[0, 0], ["9", 0], [9, 9]]])]},
+     "coordinates"),
+    ("positive_number", {"positive": 5, "negative": []}, "positive"),
+    ("negative_string", {"positive": [{"name": "a", "vertices": [[0, 0], [9, 0], [9, 9]]}], "negative": "x"},
+     "negative"),
+    ("vertices_dict", {"positive": [{"name": "a", "vertices": {"x": 1}}]}, "vertices"),
+])
+def test_wrong_json_types_are_one_line_errors(tmp_path, name, data, needle):
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps(data))
+    _bad(p, match=needle)
+
+
+def test_json_nested_100k_deep_is_an_error(tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text('{"positive": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _bad(p, match="deep")
+    q = tmp_path / "deep_list.json"
+    q.write_text("[" * 100_000 + "]" * 100_000)
+    _bad(q, match="deep")

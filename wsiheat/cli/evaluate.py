@@ -39,8 +39,10 @@ def evaluate_group() -> None:
               help="Inference backend (see heatmap --help).")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               default="auto", show_default=True, help="Compute precision of the model (see heatmap --help).")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Accept windows at other magnifications than the model's (a warning, not an error).")
 def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch_size: int, tta: bool,
-                         backend: str, precision: str) -> None:
+                         backend: str, precision: str, allow_mismatch: bool) -> None:
     """Patch-level AUC, accuracy, sensitivity, specificity, F1, confusion matrices.
 
     Metrics at 0.5 and at the Youden threshold, a ROC plot, a per-slide
@@ -50,7 +52,9 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
     from wsiheat.evaluation.reports import evaluate_patches
 
     rep = evaluate_patches(model_path, patches_path, out_dir, batch_size=batch_size, tta=tta, precision=precision,
-                           backend=backend)
+                           backend=backend, allow_mismatch=allow_mismatch)
+    if rep.get("magnification_mismatch"):
+        click.echo(f"wsiheat: warning: {rep['magnification_mismatch']}", err=True)
 
     def f(v):
         return "n/a" if v is None or v != v else f"{v:.4f}"

@@ -105,12 +105,16 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
             levels=levels, downsamples=downsamples, mpps=mpp, window=window, center=center, stride=stride,
             tissue_threshold=tissue_threshold, normal_ratio=normal_ratio, max_normal=max_normal or None,
             seed=seed))
+    from wsiheat.fileio import expect_result
     from wsiheat.patches.extract import extract_to_file, summary_line
 
+    expect_result(output)
     stats = extract_to_file(slide, ground_truth, output, levels=levels, downsamples=downsamples, mpps=mpp,
                             window=window, center=center, stride=stride, tissue_threshold=tissue_threshold,
                             normal_ratio=normal_ratio, max_normal=max_normal or None, seed=seed,
                             replace=replace, progress=not quiet)
+    for w in stats.get("warnings", []):
+        click.echo(f"wsiheat: warning: {w}", err=True)
     click.echo(summary_line(stats))
 
 
@@ -130,8 +134,9 @@ def extract(slide, ground_truth, output, levels, downsamples, mpp, window, cente
 @click.option("--split-fractions", default="train=0.8,test=0.2", show_default=True,
               help="Patient split, NAME=FRACTION,... summing to 1 (the same as `wsiheat mosaic`).")
 @click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the patient split.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT when it exists (only a wsiheat patches file).")
 def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, split: str | None,
-               split_fractions: str, split_seed: int) -> None:
+               split_fractions: str, split_seed: int, overwrite: bool) -> None:
     """Import labeled patch folders (Kaggle IDC PATIENT/CLASS/*.png or CLASS/*.png) into HDF5.
 
     \b
@@ -140,8 +145,11 @@ def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, 
       wsiheat import idc/ -o idc_train.h5 --split train
       wsiheat import idc/ -o idc_test.h5 --split test
     """
-    from wsiheat.patches.importing import import_patches
+    from pathlib import Path
 
+    from wsiheat.patches.importing import check_new_output, import_patches
+
+    check_new_output(Path(output), overwrite)  # before the split is computed
     slides = None
     if split is not None:
         from wsiheat.patches.idc import parse_fractions, split_patients
@@ -150,7 +158,7 @@ def import_cmd(folder: str, output: str, window: int, source_mpp: float | None, 
         if split not in splits:
             raise WsiheatError(f"--split {split}: not one of {', '.join(splits)}")
         slides = splits[split]
-    s = import_patches(folder, output, window=window, slides=slides, source_mpp=source_mpp)
+    s = import_patches(folder, output, window=window, slides=slides, source_mpp=source_mpp, overwrite=overwrite)
     click.echo(f"{s['output']}: {s['patches']} patches ({s['tumor']} tumor, {s['normal']} normal) "
                f"from {s['slides']} slide(s), {s['layout']} layout")
 

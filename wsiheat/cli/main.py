@@ -140,10 +140,14 @@ def main(argv: list[str] | None = None) -> None:
     except WsiheatError as exc:
         click.echo(f"wsiheat: error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("wsiheat: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        from wsiheat.fileio import result_committed
+
+        done = result_committed()
+        if done:  # the interrupt came after the commit point: the work is complete
+            click.echo(f"wsiheat: interrupted after the commit point; completed: {', '.join(done)} "
+                       f"written in full", err=True)
+            sys.exit(0)
         click.echo("wsiheat: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -58,15 +58,23 @@ from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at imp
               default="auto", show_default=True,
               help="auto: mixed_float16 on GPUs, float32 on CPUs. mixed_bfloat16 is faster on CPUs with bf16 "
                    "instructions (AVX512-BF16/AMX), slower on others. The saved model is float32.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Accept a --val file at other magnifications than PATCHES (a warning, not an error).")
 def train_cmd(patches, output, val, val_fraction, weights, trainable_from, second_stage_lr,
               second_stage_epochs, epochs, batch_size, steps_per_epoch, lr, lr_decay, patience, monitor,
               seed, balance, resume, no_augment, no_colour, brightness, saturation, hue, contrast,
-              shared_backbone, dropout, backbone, memory_budget, precision) -> None:
+              shared_backbone, dropout, backbone, memory_budget, precision, allow_mismatch) -> None:
     """Train the multi-tower tumor classifier on an HDF5 patches file."""
     import warnings
 
     from wsiheat.training.dataset import AugmentConfig
-    from wsiheat.training.train import PrecisionWarning, TrainConfig, train
+    from wsiheat.training.train import (
+        BatchSizeWarning,
+        MagnificationWarning,
+        PrecisionWarning,
+        TrainConfig,
+        train,
+    )
 
     if no_augment:
         augment = None
@@ -87,13 +95,13 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
         shown = warnings.showwarning
 
         def show(message, category, *args, **kwargs):  # our warnings as one line, when they happen
-            if issubclass(category, PrecisionWarning):
+            if issubclass(category, (PrecisionWarning, BatchSizeWarning, MagnificationWarning)):
                 click.echo(f"wsiheat: warning: {message}", err=True)
             else:
                 shown(message, category, *args, **kwargs)
 
         warnings.showwarning = show
-        s = train(patches, output, cfg, val=val, resume=resume)
+        s = train(patches, output, cfg, val=val, resume=resume, allow_mismatch=allow_mismatch)
     m = s["val_metrics"]
     if s.get("chief") is False:  # a non-chief multi-worker task: the chief writes the outputs
         click.echo(f"{s['task']}: {s['epochs']} epoch(s) done; the chief writes {s['output']}")

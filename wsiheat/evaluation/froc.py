@@ -78,6 +78,8 @@ from wsiheat.evaluation.metrics import check_bootstrap, percentile_interval
 CAMELYON16_MPP = 0.243
 #: Pyramid level of the evaluation mask in Evaluation_FROC.py.
 EVALUATION_MASK_LEVEL = 5
+#: Most cells of an evaluation mask (bool mask plus int32 labels: about 5 bytes a cell).
+MAX_MASK_CELLS = 1 << 30
 #: FP-per-slide operating points averaged into the FROC score.
 FROC_EVAL_FPS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: Tumor margin (µm) of computeEvaluationMask (halved in the official formula).
@@ -210,7 +212,8 @@ class SlideMatch:
 
 def match_detections(probs: np.ndarray, xs: np.ndarray, ys: np.ndarray, labels: np.ndarray | None,
                      itc: Iterable[int] = (), level: int = EVALUATION_MASK_LEVEL, name: str = "",
-                     origin: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None) -> SlideMatch:
+                     origin: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None,
+                     outside_is_fp: bool = False) -> SlideMatch:
     """compute_FP_TP_Probs: split one slide's detections into FPs and per-lesion TP scores.
 
     Parameters
@@ -247,7 +250,7 @@ def match_detections(probs: np.ndarray, xs: np.ndarray, ys: np.ndarray, labels: 
     full = tuple(shape) if shape is not None else labels.shape
     r, c = ys // d, xs // d
     outside = (r < 0) | (c < 0) | (r >= full[0]) | (c >= full[1])
-    if outside.any():
+    if outside.any() and not outside_is_fp:
         i = int(np.flatnonzero(outside)[0])
         raise WsiheatError(f"{name}: detection at ({xs[i]}, {ys[i]}) lies outside the evaluation mask "
                            f"({full[1] * d}x{full[0] * d} level-0 pixels)")
@@ -388,7 +391,8 @@ class FrocResult:
 
 def froc_from_arrays(detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                      tumor_masks: dict[str, np.ndarray | None], mpp: float = CAMELYON16_MPP,
-                     level: int = EVALUATION_MASK_LEVEL, eval_fps: Sequence[float] = FROC_EVAL_FPS) -> FrocResult:
+                     level: int = EVALUATION_MASK_LEVEL, eval_fps: Sequence[float] = FROC_EVAL_FPS,
+                     unbounded: Iterable[str] = ()) -> FrocResult:
     """The whole FROC from detections and level-``level`` tumor masks.
 
     Parameters
@@ -398,7 +402,11 @@ def froc_from_arrays(detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
     tumor_masks : dict
         slide -> boolean tumor mask at ``level`` (covering the slide), or None
         for a slide without tumor. Same keys as ``detections``.
+    unbounded : iterable of str
+        Slides whose mask covers only the ground truth's extent (slide size
+        unknown): a detection beyond it is a false positive, not an error.
     """
+    unbounded = set(unbounded)
     check_mpp_level(mpp, level)
     match_names(detections.keys(), tumor_masks.keys(), "detections", "ground truth")
     matches, lesions = [], []
@@ -413,7 +421,8 @@ def froc_from_arrays(detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
         tumor = np.asarray(tumor)
         labels, origin = evaluation_mask_cropped(tumor, mpp, level)
         itc = itc_labels(labels, mpp, level)
-        m = match_detections(probs, xs, ys, labels, itc, level, name=name, origin=origin, shape=tumor.shape)
+        m = match_detections(probs, xs, ys, labels, itc, level, name=name, origin=origin, shape=tumor.shape,
+                             outside_is_fp=name in unbounded)
         matches.append(m)
         lesions.extend(lesion_table(name, labels, m, mpp, level, origin))
     fps, sens, thr = froc_curve(matches)
@@ -446,6 +455,10 @@ def froc_tumor_mask(gt: Any, slide_dimensions: tuple[int, int], level: int = EVA
         return None
     W, H = (int(v) for v in slide_dimensions)
     d = 2 ** level
+    cells = math.ceil(W / d) * math.ceil(H / d)
+    if cells > MAX_MASK_CELLS:
+        raise WsiheatError(f"{where}: the level-{level} evaluation mask of a {W}x{H} slide would hold "
+                           f"{cells / 1e9:.1f} G cells (at most {MAX_MASK_CELLS / 1e9:.1f} G); use a coarser mask level")
     ew, eh = gt.extent
     if ew > math.ceil(W / d) * d or eh > math.ceil(H / d) * d:
         raise WsiheatError(f"{where}: ground truth covers {ew}x{eh} level-0 pixels, larger than the "

@@ -111,6 +111,10 @@ def read_slide_scores(results: str | os.PathLike, score: str = "score") -> dict[
     return scores
 
 
+#: Largest level-0 coordinate accepted in a detection CSV (no slide is ten million pixels wide).
+MAX_COORDINATE = 10_000_000
+
+
 def read_detections(path: str | os.PathLike, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read a CAMELYON16 detection CSV: rows ``prob,x,y`` (level-0 pixels), optional header.
 
@@ -120,11 +124,19 @@ def read_detections(path: str | os.PathLike, allow_empty: bool = False) -> tuple
     Raises
     ------
     WsiheatError
-        Malformed rows, NaN or out-of-range probabilities, negative
-        coordinates, or an empty file (unless ``allow_empty``).
+        Malformed rows, NaN or out-of-range probabilities, negative or
+        impossibly large (> :data:`MAX_COORDINATE`) coordinates, or an empty
+        file (unless ``allow_empty``).
     """
+    probs, xs, ys, _ = read_detection_rows(path, allow_empty)
+    return probs, xs, ys
+
+
+def read_detection_rows(path: str | os.PathLike, allow_empty: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_detections` and the CSV line number of each detection (for errors)."""
     path = Path(path)
-    probs, xs, ys = [], [], []
+    probs, xs, ys, lines = [], [], [], []
     for k, (lineno, row) in enumerate(_read_csv_rows(path)):
         elems = [e.strip() for e in row]
         line = ",".join(row)
@@ -141,13 +153,29 @@ def read_detections(path: str | os.PathLike, allow_empty: bool = False) -> tuple
         if not (math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
             raise WsiheatError(f"{path}:{lineno}: coordinates ({elems[1]}, {elems[2]}) are not level-0 pixels "
                                f"inside the slide")
+        if x > MAX_COORDINATE or y > MAX_COORDINATE:
+            raise WsiheatError(f"{path}:{lineno}: coordinates ({elems[1]}, {elems[2]}) are outside any slide "
+                               f"(more than {MAX_COORDINATE} level-0 pixels)")
         probs.append(p)
         xs.append(int(x))
         ys.append(int(y))
+        lines.append(lineno)
     if not probs and not allow_empty:
         raise WsiheatError(f"{path}: no detections (empty file; allow empty files to count it as a slide "
                            f"without detections)")
-    return np.asarray(probs, np.float64), np.asarray(xs, np.int64), np.asarray(ys, np.int64)
+    return (np.asarray(probs, np.float64), np.asarray(xs, np.int64), np.asarray(ys, np.int64),
+            np.asarray(lines, np.int64))
+
+
+def check_detections_inside(path: str | os.PathLike, xs: np.ndarray, ys: np.ndarray, lines: np.ndarray,
+                            size: tuple[int, int], what: str = "slide") -> None:
+    """Raise naming the file and CSV line of the first detection outside ``size`` = (W, H) level-0 pixels."""
+    W, H = size
+    out = (xs >= W) | (ys >= H)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise WsiheatError(f"{path}:{int(lines[i])}: detection at ({xs[i]}, {ys[i]}) is outside the {what}'s "
+                           f"{W}x{H} level-0 pixels")
 
 
 def find_detection_files(results: str | os.PathLike) -> dict[str, Path]:

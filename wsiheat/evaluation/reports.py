@@ -40,7 +40,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from wsiheat.errors import WsiheatError
+from wsiheat.errors import ModelError, WsiheatError
 from wsiheat.evaluation.froc import (
     CAMELYON16_MPP,
     EVALUATION_MASK_LEVEL,
@@ -52,10 +52,11 @@ from wsiheat.evaluation.froc import (
     margin_threshold,
 )
 from wsiheat.evaluation.inputs import (
+    check_detections_inside,
     find_detection_files,
     find_ground_truth,
     match_names,
-    read_detections,
+    read_detection_rows,
     read_patch_rows,
     read_reference_csv,
     read_result_jsons,
@@ -148,11 +149,14 @@ def error_examples(labels: np.ndarray, scores: np.ndarray, k: int = 16,
 
 def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathLike, out_dir: str | os.PathLike,
                      batch_size: int = 64, progress: bool = True, tta: bool = False,
-                     precision: str = "auto", backend: str = "auto") -> dict[str, Any]:
+                     precision: str = "auto", backend: str = "auto", allow_mismatch: bool = False) -> dict[str, Any]:
     """``wsiheat evaluate patches``: predict, then write the patch report.
 
     ``backend`` and ``precision``: see :meth:`wsiheat.inference.engine.HeatmapModel.load`
     (the report records the ones used, ``backend``, ``precision``, ``precision_reason``).
+    The windows must be at the model's magnifications (levels / downsamples,
+    or µm/px when both know theirs); ``allow_mismatch`` accepts others, and
+    the report's ``magnification_mismatch`` says how they differ.
 
     Writes ``patch_report.json``, ``patch_roc.png``, ``patch_per_slide.csv``,
     ``patch_predictions.csv`` (``index,slide,x,y,label,score``) and, when
@@ -166,7 +170,18 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
         The report (as in :func:`patch_report`, plus file names).
     """
     from wsiheat.inference.engine import HeatmapModel
+    from wsiheat.models.model import read_metadata
+    from wsiheat.patches.store import open_patches, tower_mismatch
 
+    meta = read_metadata(model_path)
+    with open_patches(patches_path) as pf:
+        diff = tower_mismatch({k: meta.get(k) for k in ("levels", "downsamples", "mpps")},
+                              {"levels": pf.levels, "downsamples": pf.downsamples, "mpps": pf.tower_mpps()})
+    mismatch = None
+    if diff:
+        mismatch = f"{patches_path}: windows at another magnification than {model_path} was trained at: {diff}"
+        if not allow_mismatch:
+            raise ModelError(f"{mismatch}; extract them at the model's levels (or allow the mismatch)")
     out = ensure_out_dir(out_dir)
     engine = HeatmapModel.load(model_path, backend=backend, precision=precision, batch_size=batch_size, tta=tta)
     pred = predict_patches(engine, patches_path, batch_size=batch_size, progress=progress, tta=tta)
@@ -175,6 +190,7 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
     rep["backend"], rep["precision"], rep["precision_reason"] = engine.backend, engine.precision, engine.reason
     rep["model"] = str(model_path)
     rep["patches"] = str(patches_path)
+    rep["magnification_mismatch"] = mismatch
     fpr, tpr, _ = roc_curve(pred["labels"], pred["scores"])
     files = {"report": "patch_report.json", "roc": "patch_roc.png", "per_slide": "patch_per_slide.csv",
              "predictions": "patch_predictions.csv"}
@@ -331,7 +347,7 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
     """
     from tqdm import tqdm
 
-    from wsiheat.wsi.annotations.groundtruth import load_ground_truth
+    from wsiheat.wsi.annotations.groundtruth import MaskGroundTruth, load_ground_truth
 
     check_mpp_level(mpp, level)
     results = Path(results)
@@ -351,11 +367,11 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
             raise WsiheatError(f"{gt_where}: no ground truth for tumor slide(s) {short_list(missing)} "
                                f"(labeled tumor in {reference})")
     metas = read_result_jsons(results) if results.is_dir() else {}
-    detections, masks = {}, {}
+    detections, masks, unbounded = {}, {}, set()
     for name in tqdm(sorted(det_files), desc="FROC", unit="slide", disable=None if progress else True):
         # an empty CSV is a legitimate "no lesion" when wsiheat heatmap wrote it and says so
         no_lesions = metas.get(name, {}).get("lesions") == 0
-        probs, xs, ys = read_detections(det_files[name], allow_empty=allow_empty or no_lesions)
+        probs, xs, ys, lines = read_detection_rows(det_files[name], allow_empty=allow_empty or no_lesions)
         detections[name] = (probs, xs, ys)
         dims = metas.get(name, {}).get("dimensions")
         if dims is not None:
@@ -363,10 +379,7 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
                 W, H = int(dims[0]), int(dims[1])
             except (TypeError, ValueError, IndexError):
                 raise WsiheatError(f"{metas[name]['_path']}: 'dimensions' is not [width, height]") from None
-            if xs.size and (xs.max() >= W or ys.max() >= H):
-                i = int(np.argmax((xs >= W) | (ys >= H)))
-                raise WsiheatError(f"{det_files[name]}: detection at ({xs[i]}, {ys[i]}) is outside the "
-                                   f"slide's {W}x{H} level-0 pixels")
+            check_detections_inside(det_files[name], xs, ys, lines, (W, H))
         gt_path = gt_files.get(name)
         if gt_path is None:
             masks[name] = None
@@ -376,12 +389,17 @@ def evaluate_froc(results: str | os.PathLike, ground_truth: Sequence[str | os.Pa
             raise WsiheatError(f"{gt_path}: marks tumor but {reference} labels {name} normal")
         if ref is not None and ref[name] == 1 and not gt.has_tumor:
             raise WsiheatError(f"{gt_path}: marks no tumor but {reference} labels {name} tumor")
-        if dims is None and gt.has_tumor:
-            ew, eh = gt.extent
-            W = max(int(ew), int(xs.max()) + 1 if xs.size else 0)
-            H = max(int(eh), int(ys.max()) + 1 if ys.size else 0)
+        if dims is None:
+            # the mask is sized from the ground truth, never from detections: a mask TIFF covers the
+            # slide (a detection outside it is an error); polygons only cover their extent, and a
+            # detection beyond it cannot hit a lesion (a false positive)
+            W, H = (int(v) for v in gt.extent)
+            if isinstance(gt, MaskGroundTruth):
+                check_detections_inside(det_files[name], xs, ys, lines, (W, H), what="ground-truth mask")
+            else:
+                unbounded.add(name)
         masks[name] = froc_tumor_mask(gt, (W, H), level, gt_path)
-    res = froc_from_arrays(detections, masks, mpp, level)
+    res = froc_from_arrays(detections, masks, mpp, level, unbounded=unbounded)
     out = ensure_out_dir(out_dir)
     files = {"report": "froc_report.json", "plot": "froc.png", "curve": "froc_curve.csv",
              "lesions": "froc_lesions.csv"}

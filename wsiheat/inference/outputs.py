@@ -18,7 +18,10 @@ name by default); every file is written atomically:
   candidates for QuPath and ASAP (:mod:`wsiheat.inference.exports`);
 * ``NAME.json``: the slide summary (``score`` = maximum of the lesion map:
   the smoothed map, or a fitted lesion scorer's map, see :func:`lesion_map`;
-  ``max_probability`` = maximum of the raw map, ...), written last.
+  ``max_probability`` = maximum of the raw map, ...), written last, with
+  the completion record (each other file's SHA-256 and the run's
+  parameters): a set is complete only when it verifies
+  (:func:`outputs_complete`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from wsiheat.errors import WsiheatError
-from wsiheat.fileio import atomic_path
+from wsiheat.fileio import atomic_path, pause_point
 from wsiheat.inference.exports import ASAP_SUFFIX, QUPATH_SUFFIX, write_viewer_files
 from wsiheat.wsi.slide import Slide
 
@@ -184,15 +187,16 @@ class Heatmap:
         return (np.floor((np.asarray(y) - oy) / s).astype(np.int64),
                 np.floor((np.asarray(x) - ox) / s).astype(np.int64))
 
-    def save(self, out_dir: str | os.PathLike, name: str | None = None) -> dict:
+    def save(self, out_dir: str | os.PathLike, name: str | None = None, parameters: dict | None = None) -> dict:
         """Write the nine output files (``NAME.h5``, ``.png``, ``_overlay.png``, ``_heatmap.tif``,
         ``_lesions.csv``, ``_lesions.png``, ``_qupath.geojson``, ``_asap.xml``, ``.json`` last) into
-        ``out_dir``; return the summary.
+        ``out_dir``; return the summary. ``parameters``: the run's parameters, kept in the
+        completion record of ``NAME.json`` (:func:`outputs_complete`).
 
         Only a computed heatmap can be saved (one read back from ``NAME.h5`` lacks
         the slide thumbnail and lesion views).
         """
-        return save_heatmap(self, out_dir, name)
+        return save_heatmap(self, out_dir, name, parameters)
 
 
 def read_heatmap(path: str | os.PathLike) -> Heatmap:
@@ -330,13 +334,65 @@ def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     return {s: out_dir / f"{name}{s}" for s in OUTPUT_SUFFIXES}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+
+def outputs_complete(out_dir: str | os.PathLike, name: str, parameters: dict | None = None) -> bool:
+    """True when the outputs of ``name`` are a complete set of one run (made with ``parameters``).
+
+    ``NAME.json`` is written last and holds the completion record
+    (``completion``: every other file's name and SHA-256, and the run's
+    parameters). The set is complete when each file exists with its recorded
+    hash, and, when ``parameters`` is given, the recorded parameters equal
+    them. A set left by an interrupted run (some files new, ``NAME.json`` old
+    or missing), one without a record or one changed since is not.
+    """
+    paths = output_paths(out_dir, name)
+    try:
+        summary = json.loads(paths[".json"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    rec = summary.get("completion") if isinstance(summary, dict) else None
+    files = rec.get("files") if isinstance(rec, dict) else None
+    if not isinstance(files, dict):
+        return False
+    for suffix, path in paths.items():
+        if suffix == ".json":
+            continue
+        want = files.get(path.name)
+        try:
+            if want is None or file_sha256(path) != want:
+                return False
+        except OSError:
+            return False
+    return parameters is None or rec.get("parameters") == _jsonable(parameters)
+
+
 def outputs_exist(out_dir: str | os.PathLike, name: str) -> bool:
-    """True when every output of ``name`` exists (a complete earlier run)."""
-    return all(p.exists() for p in output_paths(out_dir, name).values())
+    """True when the outputs of ``name`` are a complete set (see :func:`outputs_complete`)."""
+    return outputs_complete(out_dir, name)
 
 
-def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = None) -> dict:
-    """Write a computed :class:`Heatmap` as the nine output files; return the summary (``NAME.json``)."""
+def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = None,
+                 parameters: dict | None = None) -> dict:
+    """Write a computed :class:`Heatmap` as the nine output files; return the summary (``NAME.json``).
+
+    Each file is written atomically; ``NAME.json``, written last, holds the
+    completion record (:func:`outputs_complete`): the other files' SHA-256
+    and ``parameters`` (the run's parameters, compared by a later skip check).
+    """
     import time
 
     from wsiheat.fileio import check_writable_dir, ensure_out_dir
@@ -356,6 +412,7 @@ def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = Non
     lesion_threshold = s["lesion_threshold"]
     paths = output_paths(out_dir, name)
     write_raw(paths[".h5"], prob, tissue, hm.attrs)
+    pause_point("heatmap-outputs")
     write_heatmap_png(paths[".png"], prob, tissue, title=f"{slide_name}  score {s['score']:.3f}")
     write_png(paths["_overlay.png"], overlay_image(thumb, thumb_ds, prob, tissue, cell0))
     write_pyramid_tiff(paths["_heatmap.tif"], colorize(prob, tissue), cell0, mpp,
@@ -371,6 +428,8 @@ def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = Non
     summary["name"] = name
     summary["seconds"] = round(s["seconds"] + time.perf_counter() - t0, 3)
     summary["outputs"] = {k: p.name for k, p in paths.items()}
+    summary["completion"] = {"files": {p.name: file_sha256(p) for k, p in paths.items() if k != ".json"},
+                              "parameters": _jsonable(parameters or {})}
     with atomic_path(paths[".json"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

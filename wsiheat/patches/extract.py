@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wsiheat import __version__, defaults
 from wsiheat.errors import WsiheatError
-from wsiheat.fileio import check_writable_dir
+from wsiheat.fileio import check_free_space, check_writable_dir, remove_stale_temporaries, temp_prefix
 from wsiheat.patches.sampling import WindowSpec, extract_slide, plan_windows, resolve_towers
 from wsiheat.patches.store import ShardWriter, compatibility_problems, merge_into, normalize_attrs, open_patches
 from wsiheat.wsi.slide import Slide
@@ -92,10 +92,25 @@ def extract_to_file(slide_path: str | os.PathLike, ground_truth_path: str | os.P
                 if slide.name in pf.slides and not replace:
                     raise WsiheatError(f"{output}: slide {slide.name} is already in the file "
                                        f"(use --replace to re-extract it)")
-        fd, shard = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".shard.h5", dir=output.parent)
+        removed = remove_stale_temporaries(output)  # of earlier runs that were killed
+        try:
+            fd, shard = tempfile.mkstemp(prefix=temp_prefix(output), suffix=".shard.h5", dir=output.parent)
+        except OSError as exc:
+            raise WsiheatError(f"{output}: cannot write output in {output.parent} ({exc.strerror})") from None
         os.close(fd)
         try:
-            stats = write_shard(slide, gt, shard, spec, attrs, progress=progress, batch=batch)
+            stats = write_shard(slide, gt, shard, spec, attrs, progress=progress, batch=batch,
+                                merge_into_size=output.stat().st_size if output.exists() else 0)
+            if removed:
+                stats.setdefault("warnings", []).append(
+                    f"removed {len(removed)} temporary file(s) left beside {output} by killed runs")
+            warns = stats.setdefault("warnings", [])
+            if stats["kept_tumor"] + stats["kept_normal"] == 0:
+                if gt is not None and gt.has_tumor:
+                    raise WsiheatError(f"{slide_path}: no window could be made (no tissue found, and none of the "
+                                       f"tumor in {ground_truth_path} is inside a window); {output} is unchanged")
+                warns.append(f"{slide_path}: no tissue found: 0 windows (the slide is recorded in {output} "
+                             f"without rows)")
             merged = merge_into(output, [shard], replace=replace)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -146,8 +161,12 @@ def extraction_attrs(slide: Slide, *, levels: tuple[int, ...] | None = None,
 
 
 def write_shard(slide: Slide, ground_truth, shard: str | os.PathLike, spec: WindowSpec, attrs: dict, *,
-                progress: bool = True, batch: int = 1024) -> dict:
+                progress: bool = True, batch: int = 1024, merge_into_size: int | None = None) -> dict:
     """Plan one slide's windows and write them into a new shard file ``shard``.
+
+    The free space is checked once the windows are planned (the shard, and
+    when ``merge_into_size`` is given, the merged copy of a file of that size
+    too), before anything is written.
 
     The sampler options (tissue threshold and mask resolution, class ratio,
     cap, seed) are read from ``attrs["params"]`` so the shard records exactly
@@ -165,6 +184,11 @@ def write_shard(slide: Slide, ground_truth, shard: str | os.PathLike, spec: Wind
     plan = plan_windows(slide, spec, ground_truth, tissue=tissue, tissue_threshold=p["tissue_threshold"],
                         normal_ratio=p["normal_ratio"], max_normal=p["max_normal"], seed=p["seed"],
                         progress=progress)
+    from wsiheat.patches.store import CHUNK_ROWS
+
+    rows = -(-len(plan.labels) // CHUNK_ROWS) * CHUNK_ROWS * spec.towers * spec.window * spec.window * 3
+    need = rows if merge_into_size is None else 2 * rows + merge_into_size
+    check_free_space(shard, need, what=f"{len(plan.labels)} windows of {slide.name}")
     with ShardWriter(shard, attrs) as writer:
         return extract_slide(slide, ground_truth, spec, writer, plan=plan, progress=progress, batch=batch,
                              slide_info={"params": p, "tissue_downsample": tissue.downsample})

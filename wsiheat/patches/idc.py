@@ -73,8 +73,8 @@ def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
     Raises
     ------
     WsiheatError
-        No patches, unknown class folders, or folder/name label disagreements
-        (all listed).
+        No patches, unknown class folders, folder/name label disagreements
+        or IDC files whose name's patient is not their folder (all listed).
     """
     root = Path(root)
     if not root.is_dir():
@@ -91,7 +91,7 @@ def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
                     raise WsiheatError(f"{cdir}: unknown class folder {cdir.name!r} (expected "
                                        f"{', '.join(sorted(CLASS_NAMES))})")
                 groups.append((pdir.name, cdir))
-    items, mislabeled = [], []
+    items, mislabeled, misplaced = [], [], []
     for patient, cdir in groups:
         label = CLASS_NAMES[cdir.name.lower()]
         for f in sorted(cdir.iterdir()):
@@ -102,6 +102,9 @@ def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
             if c is not None and c != label:
                 mislabeled.append(f)
                 continue
+            if patient is not None and m is not None and m.patient != patient:
+                misplaced.append(f)  # another patient's patch: a leak across patient-level splits
+                continue
             slide = patient or (m.patient if m else f.stem)
             x, y = (m.x, m.y) if m else (-1, -1)
             items.append({"path": f, "label": label, "slide": slide, "x": x, "y": y})
@@ -110,6 +113,11 @@ def scan_patch_tree(root: str | os.PathLike) -> tuple[str, list[dict]]:
         more = f" and {len(mislabeled) - 10} more" if len(mislabeled) > 10 else ""
         raise WsiheatError(f"{root}: {len(mislabeled)} file(s) whose folder label and file-name "
                            f"label disagree: {shown}{more}")
+    if misplaced:
+        shown = ", ".join(str(p) for p in misplaced[:10])
+        more = f" and {len(misplaced) - 10} more" if len(misplaced) > 10 else ""
+        raise WsiheatError(f"{root}: {len(misplaced)} file(s) whose file-name patient differs from their "
+                           f"patient folder: {shown}{more}")
     if not items:
         raise WsiheatError(f"{root}: no labeled patches found (expected PATIENT/CLASS/*.png or "
                            "CLASS/*.png with CLASS 0/1)")

@@ -50,9 +50,28 @@ def _load_patch(path: Path, window: int, side: int | None) -> np.ndarray:
     return rgb
 
 
+def check_new_output(output: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing file, unless ``overwrite`` and it is a wsiheat patches file."""
+    if output.is_dir():
+        raise WsiheatError(f"{output}: is a folder; give a file name such as {output / 'patches.h5'}")
+    if not output.exists() and not output.is_symlink():
+        return
+    if not overwrite:
+        raise WsiheatError(f"{output}: exists; import writes a new file and never replaces one silently "
+                           f"(choose another name, or ask to overwrite it: only a patches file is replaced)")
+    from wsiheat.patches.store import open_patches
+
+    try:
+        with open_patches(output):
+            pass
+    except WsiheatError as exc:
+        raise WsiheatError(f"{output}: not a wsiheat patches file, refusing to replace it ({exc})") from None
+
+
 def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: int = defaults.WINDOW,
                    workers: int | None = None, progress: bool = True, *,
-                   slides: list[str] | None = None, source_mpp: float | None = None) -> dict:
+                   slides: list[str] | None = None, source_mpp: float | None = None,
+                   overwrite: bool = False) -> dict:
     """Import a folder tree of labeled patches into an HDF5 patches file.
 
     Parameters
@@ -71,6 +90,9 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
         layout, unknown for the plain one). Recorded per slide, so a model
         trained on the file knows the physical resolution of its tower and
         ``heatmap`` reads other slides at the same scale.
+    overwrite : bool
+        Replace an existing ``output`` (only a wsiheat patches file is ever
+        replaced); without it an existing ``output`` is an error.
 
     Returns
     -------
@@ -82,6 +104,7 @@ def import_patches(root: str | os.PathLike, output: str | os.PathLike, window: i
     if not isinstance(window, int) or window < 8:
         raise WsiheatError(f"window={window}: need an integer >= 8")
     root, output = Path(root), Path(output)
+    check_new_output(output, overwrite)
     layout, items = scan_patch_tree(root)
     if slides is not None:
         wanted = set(slides)

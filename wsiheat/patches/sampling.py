@@ -465,7 +465,7 @@ def extract_slide(slide: Slide, ground_truth, spec: WindowSpec, writer, *, slide
             cuts.append(cuts[-1] + batch)
     if cuts[-1] != K:
         cuts.append(K)
-    buf = np.empty((max(1, int(np.max(np.diff(cuts)))), spec.towers, spec.window, spec.window, 3), np.uint8)
+    buf = np.empty((max(1, int(np.max(np.diff(cuts), initial=1))), spec.towers, spec.window, spec.window, 3), np.uint8)
     with tqdm(total=K, unit="win", desc=slide.name, disable=not progress, leave=False,
               dynamic_ncols=True, mininterval=0.5) as bar:
         for a, b in zip(cuts[:-1], cuts[1:]):

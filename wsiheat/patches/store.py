@@ -47,7 +47,7 @@ import numpy as np
 
 from wsiheat import __version__
 from wsiheat.errors import PatchFileError
-from wsiheat.fileio import atomic_path
+from wsiheat.fileio import atomic_path, check_free_space, free_bytes, pause_point
 
 FORMAT = "wsiheat-patches"
 SCHEMA_VERSION = 1
@@ -67,6 +67,43 @@ DATASETS = ("images", "labels", "centers", "slide_ids", "slides", "slide_info")
 _STR = h5py.string_dtype(encoding="utf-8")
 #: Relative tolerance when comparing downsamples (pyramids round level sizes).
 DOWNSAMPLE_RTOL = 0.01
+
+
+#: What h5py raises on a damaged file (bad signatures, checksums, heaps, truncated data).
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, UnicodeDecodeError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def tower_mismatch(a: dict, b: dict) -> str | None:
+    """How the towers of two sources differ in magnification, or None when they agree.
+
+    ``a`` and ``b`` hold ``downsamples`` (per tower), and optionally
+    ``levels`` and ``mpps`` (per-tower µm/px, None when unknown). When both
+    know their µm/px, those are compared (5 % tolerance); otherwise the
+    downsamples (:data:`DOWNSAMPLE_RTOL`).
+    """
+    da, db = [float(v) for v in a.get("downsamples") or []], [float(v) for v in b.get("downsamples") or []]
+    if len(da) != len(db):
+        return f"{len(db)} tower(s) vs {len(da)}"
+    ma, mb = a.get("mpps"), b.get("mpps")
+
+    def show(d, ds):
+        lv = d.get("levels")
+        lv = [v for v in lv if v is not None and int(v) >= 0] if lv else []
+        return f"downsamples {[round(v, 3) for v in ds]}" + (f" (levels {lv})" if len(lv) == len(ds) else "")
+
+    if ma and mb and len(ma) == len(mb):
+        if not np.allclose(ma, mb, rtol=0.05):
+            return (f"µm/px {[round(float(v), 3) for v in mb]} vs {[round(float(v), 3) for v in ma]}; "
+                    f"{show(b, db)} vs {show(a, da)}")
+        return None
+    if not np.allclose(da, db, rtol=DOWNSAMPLE_RTOL):
+        return f"{show(b, db)} vs {show(a, da)}"
+    return None
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -141,6 +178,28 @@ def _create_layout(f: h5py.File, attrs: dict, chunk_rows: int = CHUNK_ROWS) -> N
     f.create_dataset("slide_info", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
 
 
+#: Free space kept in reserve while writing (HDF5 metadata, the chunk cache's last flush).
+ROOM_MARGIN = 4 << 20
+
+
+def _ensure_room(path: Path, expected_size: int) -> None:
+    """Raise before a write that would fill the disk: HDF5 does not survive a full disk (it can crash).
+
+    ``expected_size``: bytes the file will hold after the write; what is not
+    yet on disk (chunks still in HDF5's cache included) must fit in the free space.
+    """
+    try:
+        on_disk = path.stat().st_blocks * 512
+    except OSError:
+        on_disk = 0
+    need = max(0, expected_size - on_disk) + ROOM_MARGIN
+    free = free_bytes(path.parent)
+    if need > free:
+        raise PatchFileError(f"{path.parent}: not enough free space to go on writing {path.name} "
+                             f"({need / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free); the earlier file, "
+                             f"if any, is unchanged")
+
+
 def _append_rows(f: h5py.File, images: np.ndarray, labels: np.ndarray, centers: np.ndarray,
                  slide_ids: np.ndarray) -> None:
     n0, k = f["labels"].shape[0], len(labels)
@@ -188,6 +247,7 @@ class ShardWriter:
         self.attrs = normalize_attrs(attrs)
         self.towers = len(self.attrs["downsamples"])
         self.window = self.attrs["window"]
+        self.row_bytes = self.towers * self.window * self.window * 3 + 8 * 3
         try:
             self._f = _open_h5(self.path, "w")
         except OSError as exc:
@@ -234,7 +294,9 @@ class ShardWriter:
             raise ValueError(f"{k} images but {len(labels)} labels and {len(centers)} centers")
         if not 0 <= slide_id < self._f["slides"].shape[0]:
             raise ValueError(f"unknown slide id {slide_id}")
+        _ensure_room(self.path, (self.n + k) * self.row_bytes)
         _append_rows(self._f, images, labels, centers, np.full(k, slide_id, np.int32))
+        pause_point("shard-append")
 
     def close(self) -> None:
         if self._f:
@@ -292,6 +354,9 @@ class PatchFile:
             raise PatchFileError(f"{self.path}: cannot open HDF5 file ({exc})") from None
         try:
             self._validate()
+        except _H5_ERRORS as exc:
+            self._f.close()
+            raise PatchFileError(f"{self.path}: damaged HDF5 file, cannot read it ({_first_line(exc)})") from None
         except BaseException:
             self._f.close()
             raise
@@ -368,8 +433,19 @@ class PatchFile:
 
     # -- reading --------------------------------------------------------------------
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Images of rows ``[start, stop)``, uint8 (B, T, W, W, 3)."""
-        return self.images[start:stop]
+        """Images of rows ``[start, stop)``, uint8 (B, T, W, W, 3).
+
+        Raises PatchFileError when the file is damaged there.
+        """
+        try:
+            return self.images[start:stop]
+        except _H5_ERRORS as exc:
+            raise self.damaged(start, stop, exc) from None
+
+    def damaged(self, start: int, stop: int, exc: BaseException) -> PatchFileError:
+        """The error of a failed read of rows ``[start, stop)``."""
+        return PatchFileError(f"{self.path}: damaged HDF5 file, cannot read rows {start}-{stop - 1} "
+                              f"({_first_line(exc)})")
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Images of arbitrary rows (any order, repeats allowed), uint8 (B, T, W, W, 3).
@@ -388,7 +464,7 @@ class PatchFile:
         for c in np.unique(chunk):
             sel = np.flatnonzero(chunk == c)
             lo, hi = srt[sel[0]], srt[sel[-1]] + 1
-            block = self.images[lo:hi]
+            block = self.read(lo, hi)
             out[order[sel]] = block[srt[sel] - lo]
         return out
 
@@ -527,6 +603,9 @@ def merge_into(dest: str | os.PathLike, shard_paths: list[str | os.PathLike], re
         if clash and not replace:
             raise PatchFileError(f"{dest}: slide {', '.join(clash)} is already in the file "
                                f"(use --replace to re-extract it)")
+        rows_bytes = sum(-(-s.n // CHUNK_ROWS) * CHUNK_ROWS * s.towers * s.window * s.window * 3 for s in shards)
+        old_size = dest.stat().st_size if old is not None else 0
+        check_free_space(dest, old_size + rows_bytes, what="the merged file")
         with atomic_path(dest, suffix=".h5") as tmp:
             if old is not None and not clash:
                 old.close()
@@ -545,6 +624,9 @@ def merge_into(dest: str | os.PathLike, shard_paths: list[str | os.PathLike], re
                 for s in shards:
                     rows_added += _copy_rows(s, f, drop=set())
                 total = int(f["labels"].shape[0])
+            except _H5_ERRORS as exc:  # the copy of a file damaged in the middle (its chunk index, ...)
+                raise PatchFileError(f"{dest}: damaged HDF5 file, cannot append to it ({_first_line(exc)}); "
+                                     f"it is unchanged") from None
             finally:
                 f.close()
         return {"slides_added": [n for n in seen if n not in existing], "slides_replaced": clash,
@@ -573,7 +655,7 @@ def _copy_rows(src: PatchFile, f: h5py.File, drop: set[str]) -> int:
         keep = new_ids >= 0
         if not keep.any():
             continue
-        imgs = src.images[s:e]
+        imgs = src.read(s, e)
         if not keep.all():
             imgs = imgs[keep]
         _append_rows(f, imgs, src.labels[s:e][keep], src.centers[s:e][keep], new_ids[keep].astype(np.int32))

@@ -214,10 +214,41 @@ def model_loads() -> int:
     return _LOADS
 
 
-def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) -> dict:
-    """Heatmap outputs of one slide with the process's cached engine (see :func:`cached_model`)."""
+#: Options that do not change a heatmap's results (left out of its recorded parameters).
+_NOT_PARAMETERS = ("progress", "readers", "block", "batch_size")
+
+
+def heatmap_parameters(task: SlideTask, model_path: str | os.PathLike, options: dict) -> dict:
+    """The parameters of one slide's heatmap run, recorded in and compared with ``NAME.json``'s completion record.
+
+    The slide and model files (path, size, modification time) and every
+    option that changes the results.
+    """
+    def ident(path) -> dict:
+        p = Path(path).resolve()
+        try:
+            st = p.stat()
+            return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        except OSError:
+            return {"path": str(p)}
+
+    params = {k: v for k, v in options.items() if k not in _NOT_PARAMETERS}
+    scorer = params.get("lesion_scorer")
+    if scorer is not None and hasattr(scorer, "to_dict"):
+        params["lesion_scorer"] = scorer.to_dict()
+    return {"slide": ident(task.slide), "model": ident(model_path), "options": params}
+
+
+def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict,
+                 parameters: dict | None = None) -> dict:
+    """Heatmap outputs of one slide with the process's cached engine (see :func:`cached_model`).
+
+    ``parameters``: recorded parameters by slide name (made by the driver,
+    :func:`heatmap_parameters`); computed here when absent.
+    """
     from wsiheat.inference.heatmap import HeatmapWarning
 
+    parameters = (parameters or {}).get(task.name) or heatmap_parameters(task, model_path, options)
     options = dict(options)
     engine = cached_model(model_path, options.pop("precision", "auto"),
                           options.pop("batch_size", defaults.PREDICT_BATCH_SIZE), options.pop("tta", False),
@@ -226,7 +257,7 @@ def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HeatmapWarning)  # they are in the summary's "warnings"
         heatmap = engine.predict_slide(task.slide, task.name, **options)
-    summary = heatmap.save(out_dir, task.name)
+    summary = heatmap.save(out_dir, task.name, parameters)
     summary = dict(summary)
     summary["model_loads"] = model_loads()
     return summary
@@ -240,8 +271,10 @@ def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_
 
     The one many-slide heatmap driver: ``wsiheat heatmap`` uses it for a list of
     slides (``workers=0``: a plain loop in this process) and for manifests and
-    Dask clusters. Slides whose outputs are all present in ``out_dir`` are
-    skipped unless ``overwrite``; outputs are replaced file by file (each
+    Dask clusters. Slides whose outputs in ``out_dir`` are a complete set
+    made with the same parameters (verified against ``NAME.json``'s
+    completion record, :func:`wsiheat.inference.outputs.outputs_complete`)
+    are skipped unless ``overwrite``; an incomplete or mismatched set is redone; outputs are replaced file by file (each
     atomically) only once a slide's new heatmap is computed, so an earlier
     set is never removed before the model is known to work. Each process
     loads the model once.
@@ -270,7 +303,7 @@ def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_
     dict
         ``results`` (list of SlideResult), ``out_dir``, ``seconds``.
     """
-    from wsiheat.inference.outputs import outputs_exist
+    from wsiheat.inference.outputs import outputs_complete
     from wsiheat.models.model import read_metadata
 
     t0 = time.perf_counter()
@@ -280,8 +313,13 @@ def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_
     out = ensure_out_dir(out_dir)
     distributed = bool(workers or scheduler or client)  # other processes: an absolute model path
     fn = functools.partial(heatmap_task, model_path=str(Path(model_path).resolve() if distributed else model_path),
-                           out_dir=str(out), options={**options, "progress": window_progress and not distributed})
+                           out_dir=str(out), options={**options, "progress": window_progress and not distributed},
+                           parameters={t.name: heatmap_parameters(t, model_path, options) for t in tasks})
+
+    def is_done(t: SlideTask) -> bool:  # a complete set, verified, from a run with these parameters
+        return outputs_complete(out, t.name, fn.keywords["parameters"][t.name])
+
     results = run_slides(tasks, fn, workers=workers, scheduler=scheduler, retries=retries, desc="heatmap",
-                         is_done=None if overwrite else (lambda t: outputs_exist(out, t.name)), progress=progress,
+                         is_done=None if overwrite else is_done, progress=progress,
                          resources=resources, client=client, on_result=on_result)
     return {"results": results, "out_dir": str(out), "seconds": time.perf_counter() - t0}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from wsiheat.errors import WsiheatError
-from wsiheat.wsi.slide import slide_name
+from wsiheat.wsi.slide import name_problem, slide_name
 
 #: Columns a manifest may have (others are ignored).
 MANIFEST_COLUMNS = ("slide", "ground_truth", "split")
@@ -41,6 +41,12 @@ class SlideTask:
     slide: str
     ground_truth: str | None = None
     split: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = name_problem(self.name)
+        if problem:
+            raise WsiheatError(f"{self.slide}: slide name {self.name!r} {problem}; rename the file "
+                               f"(outputs are named after the slide)")
 
 
 def check_unique(tasks: Sequence[SlideTask], source: str) -> None:
@@ -75,7 +81,8 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[Sli
     WsiheatError
         Missing or unreadable file, no ``slide`` column, empty slide cell,
         a slide or ground-truth file that does not exist, duplicate names,
-        no rows (left).
+        a slide name that cannot name outputs (empty, ``.``/``..``, leading
+        dot), no rows (left).
     """
     path = Path(path)
     if not path.is_file():
@@ -112,7 +119,10 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[Sli
             gp = Path(g) if Path(g).is_absolute() else base / g
             if not gp.exists():
                 raise WsiheatError(f"{path}: line {line}: ground truth {g} does not exist ({gp})")
-        tasks.append(SlideTask(slide_name(sp), str(sp), str(gp) if gp else None, row.get("split") or None))
+        try:
+            tasks.append(SlideTask(slide_name(sp), str(sp), str(gp) if gp else None, row.get("split") or None))
+        except WsiheatError as exc:
+            raise WsiheatError(f"{path}: line {line}: {exc}") from None
     if not tasks:
         raise WsiheatError(f"{path}: no slides in the manifest" + (f" with split {split}" if split else ""))
     check_unique(tasks, str(path))

@@ -310,13 +310,13 @@ class _RowSource:
                     return
         starts = np.unique((self.rows // self.block) * self.block)
         with open_patches(self.pf.path) as sf:
-            images = sf.images
+            n = sf.n
             while True:
                 order = rng.permutation(starts) if shuffle else starts
                 for s in order:
                     lo, hi = np.searchsorted(self.rows, [s, s + self.block])
                     sel = self.rows[lo:hi]
-                    data = images[s:min(s + self.block, images.shape[0])][sel - s]
+                    data = sf.read(s, min(s + self.block, n))[sel - s]  # PatchFileError when damaged
                     lab = self.labels[lo:hi, None]
                     if shuffle:
                         p = rng.permutation(len(sel))

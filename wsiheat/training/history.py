@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 MONITORS = {"val_loss": -1, "val_auc": +1}
 
 
-def _monitored(monitor: str, logs: dict) -> float:
+def monitored(monitor: str, logs: dict) -> float:
     """The monitored figure of an epoch as a value to minimise (inf when missing or not finite)."""
     v = logs.get(monitor)
     if v is None and monitor == "val_loss":
@@ -30,12 +31,12 @@ def _monitored(monitor: str, logs: dict) -> float:
     return v if math.isfinite(v) else math.inf
 
 
-def _best_so_far(state: dict) -> float:
+def best_so_far(state: dict) -> float:
     """The best monitored value (minimised) in a training state, older states included."""
     return float(state.get("best", state.get("best_val_loss", math.inf)))
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
+def write_history(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     keys = list(rows[0].keys())
@@ -48,7 +49,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
             w.writerows(rows)
 
 
-def _read_history(path: Path) -> list[dict]:
+def read_history(path: Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
@@ -86,7 +87,7 @@ def _keras_callback_base():
     return keras.callbacks.Callback
 
 
-def _make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: list,
+def make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: list,
                        stage: int, stage_start: int, stage_end: int, lr: float, decay: float,
                        patience: int, monitor: str = "val_loss"):
     Base = _keras_callback_base()
@@ -108,9 +109,9 @@ def _make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: lis
                    "seconds": round(time.perf_counter() - self._t0, 2)}
             row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
             history.append(row)
-            _write_history(history_path, history)
-            value = _monitored(monitor, logs)
-            if value < _best_so_far(state):
+            write_history(history_path, history)
+            value = monitored(monitor, logs)
+            if value < best_so_far(state):
                 state.update(best=value, best_epoch=epoch, wait=0)
                 with atomic_path(ckpt / "best.weights.h5", suffix=".weights.h5") as tmp:
                     self.model.save_weights(tmp)
@@ -124,11 +125,17 @@ def _make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: lis
                 state["epoch"] = stage_end  # go on with the next stage after a resume
                 state["wait"] = 0
                 log.info("early stopping: %s did not improve for %d epoch(s)", monitor, patience)
-            _write_state(ckpt, state)
+            write_state(ckpt, state)
 
     return Checkpointer()
 
 
-def _write_state(ckpt: Path, state: dict) -> None:
+def write_state(ckpt: Path, state: dict) -> None:
     with atomic_path(ckpt / "state.json", suffix=".json") as tmp:
         tmp.write_text(json.dumps(state, indent=2))
+
+
+def drop_empty_checkpoint(ckpt: Path, state: dict, resume: bool) -> None:
+    """Remove the checkpoint folder of a fresh run that failed before finishing an epoch (nothing to resume)."""
+    if not resume and not state.get("epoch"):
+        shutil.rmtree(ckpt, ignore_errors=True)

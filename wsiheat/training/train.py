@@ -25,10 +25,12 @@ validation metrics, wsiheat version).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from wsiheat import __version__, defaults
-from wsiheat.errors import WsiheatError
+from wsiheat.errors import PatchFileError, WsiheatError
 from wsiheat.fileio import atomic_path, check_writable_dir
 from wsiheat.models.model import INFER_PRECISIONS
 from wsiheat.training.dataset import (
@@ -54,13 +56,14 @@ from wsiheat.training.dataset import (
 )
 from wsiheat.training.history import (
     MONITORS,
-    _best_so_far,
-    _make_checkpointer,
-    _monitored,
-    _read_history,
-    _write_history,
-    _write_state,
+    best_so_far,
+    drop_empty_checkpoint,
+    make_checkpointer,
+    monitored,
     plot_history,
+    read_history,
+    write_history,
+    write_state,
 )
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,14 @@ class TrainConfig:
             raise WsiheatError(f"monitor={self.monitor}: choose {' or '.join(MONITORS)}")
         if self.precision not in PRECISIONS:
             raise WsiheatError(f"precision={self.precision}: choose {', '.join(PRECISIONS)}")
+
+
+class BatchSizeWarning(UserWarning):
+    """The batch size was lowered to the number of training rows."""
+
+
+class MagnificationWarning(UserWarning):
+    """Files at other magnifications were used together, as asked (``allow_mismatch``)."""
 
 
 class PrecisionWarning(UserWarning):
@@ -231,7 +242,7 @@ def _oom_message(patches: Path, cfg: TrainConfig) -> str:
 
 def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainConfig = TrainConfig(),
           *, val: str | os.PathLike | None = None, resume: bool = False,
-          progress: bool = True, callbacks: list | None = None) -> dict:
+          progress: bool = True, callbacks: list | None = None, allow_mismatch: bool = False) -> dict:
     """Train a tumor classifier on an HDF5 patches file and save it as ``output`` (.keras).
 
     Parameters
@@ -250,6 +261,9 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         Keras progress output (a bar on a terminal, one line per epoch otherwise).
     callbacks : list of keras.callbacks.Callback, optional
         Extra callbacks, run after the checkpointing one.
+    allow_mismatch : bool
+        Accept a validation file whose towers are at other magnifications
+        (a warning instead of an error).
 
     Returns
     -------
@@ -282,6 +296,15 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         if (vf.towers, vf.window) != (pf.towers, pf.window):
             raise WsiheatError(f"{val}: {vf.towers} tower(s) of {vf.window} px but the training "
                                f"file has {pf.towers} of {pf.window} px")
+        from wsiheat.patches.store import tower_mismatch
+
+        towers = {"levels": pf.levels, "downsamples": pf.downsamples, "mpps": pf.tower_mpps}
+        diff = tower_mismatch(towers, {"levels": vf.levels, "downsamples": vf.downsamples, "mpps": vf.tower_mpps})
+        if diff:
+            msg = f"{val}: validation windows at another magnification than {patches}: {diff}"
+            if not allow_mismatch:
+                raise WsiheatError(f"{msg}; extract them at the training file's levels (or allow the mismatch)")
+            warnings.warn(msg, MagnificationWarning, stacklevel=2)
         train_rows, val_rows, val_slides = np.arange(pf.n), np.arange(vf.n), list(vf.slides)
     else:
         vf = pf
@@ -290,6 +313,10 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     if len(np.unique(pf.labels[train_rows])) < 2:
         raise WsiheatError(f"{patches}: the training slides hold only one class after the "
                            "validation split; add slides or give a validation file")
+    if not multi and config.batch_size > len(train_rows):
+        warnings.warn(f"batch size {config.batch_size} is above the {len(train_rows)} training rows of {patches}; "
+                      f"using {len(train_rows)}", BatchSizeWarning, stacklevel=2)
+        config = dataclasses.replace(config, batch_size=int(len(train_rows)))
     pretrained = config.weights != "none"
     lr = config.lr if config.lr is not None else (1e-4 if pretrained else 1e-3)
 
@@ -316,12 +343,12 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
             raise WsiheatError(f"{ckpt}: the checkpoint picks its best epoch by "
                                f"{state.get('monitor', 'val_loss')}; resume with monitor="
                                f"{state.get('monitor', 'val_loss')}")
-        history = [r for r in _read_history(history_path) if int(float(r["epoch"])) < state["epoch"]]
+        history = [r for r in read_history(history_path) if int(float(r["epoch"])) < state["epoch"]]
     else:
         if ckpt.exists():
             shutil.rmtree(ckpt)
         ckpt.mkdir()
-        _write_state(ckpt, state)
+        write_state(ckpt, state)
 
     strategy, gpus = _strategy()
     policy = resolve_precision(config.precision, gpus)
@@ -335,11 +362,15 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     # datasets (global batch; the strategy splits it over replicas)
     n_train = len(train_rows)
     steps = config.steps_per_epoch or steps_for(n_train, config.batch_size)
-    train_ds = None if multi else make_dataset(  # multi-worker: one pipeline per worker, below
-        pf, train_rows, config.batch_size, training=True, augment=config.augment,
-        balance=config.balance, seed=config.seed, memory_budget=config.memory_budget)
-    val_ds = make_dataset(vf, val_rows, config.batch_size, training=False,
-                          memory_budget=config.memory_budget)
+    try:  # rows that fit in memory are read here
+        train_ds = None if multi else make_dataset(  # multi-worker: one pipeline per worker, below
+            pf, train_rows, config.batch_size, training=True, augment=config.augment,
+            balance=config.balance, seed=config.seed, memory_budget=config.memory_budget)
+        val_ds = make_dataset(vf, val_rows, config.batch_size, training=False,
+                              memory_budget=config.memory_budget)
+    except WsiheatError:
+        drop_empty_checkpoint(ckpt, state, resume)
+        raise
     val_steps = steps_for(len(val_rows), config.batch_size)
     cw = class_weights(pf.labels[train_rows]) if config.balance == "weights" else None
 
@@ -376,13 +407,13 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
                         set_trainable_from(model, tfrom)
                         compile_model(model, slr, mixed)
                         state["wait"] = 0
-                    cb = _make_checkpointer(ckpt, history_path, state, history, stage, s0, s1, slr,
+                    cb = make_checkpointer(ckpt, history_path, state, history, stage, s0, s1, slr,
                                             config.lr_decay, config.patience, config.monitor)
                     model.fit(train_ds, epochs=s1, initial_epoch=start, steps_per_epoch=steps,
                               validation_data=val_ds, validation_steps=val_steps, class_weight=cw,
                               callbacks=[cb, *(callbacks or [])], shuffle=False, verbose=verbose)
                     state["epoch"] = max(int(state["epoch"]), s1)
-                    _write_state(ckpt, state)
+                    write_state(ckpt, state)
                 if model is None:  # everything done before an interruption at the very end
                     metrics()
                     model = keras.saving.load_model(ckpt / "last.keras", compile=True)
@@ -390,9 +421,20 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
                     model.load_weights(ckpt / "best.weights.h5")
                 val_metrics = model.evaluate(val_ds, steps=val_steps, verbose=0, return_dict=True)
     except tf.errors.ResourceExhaustedError:
+        drop_empty_checkpoint(ckpt, state, resume)
         raise WsiheatError(_oom_message(patches, config)) from None
     except MemoryError:
+        drop_empty_checkpoint(ckpt, state, resume)
         raise WsiheatError(_oom_message(patches, config)) from None
+    except tf.errors.OpError as exc:  # an error of ours inside the input pipeline (a damaged file)
+        m = re.search(r"(?:PatchFileError|WsiheatError): (.+)", str(exc))
+        if not m:
+            raise
+        drop_empty_checkpoint(ckpt, state, resume)
+        raise PatchFileError(m.group(1).strip()) from None
+    except WsiheatError:
+        drop_empty_checkpoint(ckpt, state, resume)
+        raise
     val_metrics = {k: float(v) for k, v in val_metrics.items()}
     if "sensitivity" in val_metrics and "specificity" in val_metrics:
         val_metrics["balanced_accuracy"] = 0.5 * (val_metrics["sensitivity"]
@@ -541,11 +583,11 @@ def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, v
             row["seconds"] = round(time.perf_counter() - t0, 2)
             row.update(logs)
             history.append(row)
-            _write_history(history_path, history)
-            value = all_reduce_mean(strategy, _monitored(config.monitor, logs))  # same decision everywhere
+            write_history(history_path, history)
+            value = all_reduce_mean(strategy, monitored(config.monitor, logs))  # same decision everywhere
             if not math.isfinite(value):
                 value = math.inf
-            if value < _best_so_far(state):
+            if value < best_so_far(state):
                 state.update(best=value, best_epoch=epoch, wait=0)
                 with atomic_path(ckpt / "best.weights.h5", suffix=".weights.h5") as tmp:
                     model.save_weights(tmp)
@@ -560,11 +602,11 @@ def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, v
                 state["epoch"] = s1
                 state["wait"] = 0
                 log.info("early stopping: %s did not improve for %d epoch(s)", config.monitor, config.patience)
-            _write_state(ckpt, state)
+            write_state(ckpt, state)
             if stop:
                 break
         state["epoch"] = max(int(state["epoch"]), s1)
-        _write_state(ckpt, state)
+        write_state(ckpt, state)
     if (ckpt / "best.weights.h5").exists():
         with strategy.scope():
             model.load_weights(ckpt / "best.weights.h5")

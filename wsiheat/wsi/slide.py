@@ -394,6 +394,22 @@ def slide_name(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name output files (``NAME.h5``, ``NAME_overlay.png``, ...), or None.
+
+    Empty names, ``.`` and ``..``, and names starting with a dot (hidden
+    files such as ``..h5``) are refused.
+    """
+    n = str(name)
+    if not n.strip():
+        return "is empty"
+    if n.startswith(".") or n.strip() in (".", ".."):
+        return f"starts with a dot (the outputs would be hidden files such as {n}.h5)"
+    if "/" in n or os.sep in n:
+        return "holds a path separator"
+    return None
+
+
 def open_slide(path: str | os.PathLike) -> Slide:
     """Open a slide or image; see :class:`Slide`."""
     return Slide(path)

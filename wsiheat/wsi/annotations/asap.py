@@ -39,6 +39,11 @@ def read_asap_xml(path: str | os.PathLike) -> tuple[list[np.ndarray], list[np.nd
             except (TypeError, ValueError, AttributeError):
                 raise GroundTruthError(f"{path}: annotation {ann.get('Name')!r} has a coordinate without "
                                    f"numeric X/Y") from None
+        bad = [k for k, (x, y) in enumerate(pts) if not (np.isfinite(x) and np.isfinite(y))]
+        if bad:
+            x, y = pts[bad[0]]
+            raise GroundTruthError(f"{path}: annotation {ann.get('Name')!r}: vertex {bad[0]} ({x}, {y}) "
+                                   f"is not finite")
         if len(pts) < 3:
             continue
         if group in HOLE_GROUPS:
