@@ -191,7 +191,8 @@ def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False,
         y = model(x if in_dtype == tf.uint8 else tf.cast(x, in_dtype), training=False)
         return tf.reshape(tf.cast(y, tf.float32), [batch_size])
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)], jit_compile=jit_compile or None)
+    # plain Python control flow over constants (tta, the 8 views): nothing for AutoGraph to convert
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)], jit_compile=jit_compile or None, autograph=False)
     def fn(x):
         if not tta:
             return run(x)
