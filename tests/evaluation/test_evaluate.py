@@ -967,7 +967,7 @@ def test_cli_patches(tmp_path, capsys):
     expected = model.predict(images, verbose=0)[:, 0].astype(np.float64)
     out = tmp_path / "eval"
     code, stdout, err = run_cli(["evaluate", "patches", "-m", str(mp), "-p", str(h5p), "-o", str(out),
-                                 "--batch-size", "16"], capsys)
+                                 "--batch-size", "16", "--backend", "tensorflow", "--precision", "float32"], capsys)
     assert code == 0, err
     rep = json.loads((out / "patch_report.json").read_text())
     assert rep["n"] == N and rep["n_tumor"] == int(labels.sum())

@@ -117,7 +117,7 @@ def test_evaluate_patches_backends_agree(tmp_path, capsys):
     path = tiny_model(tmp_path / "tiny.keras", 1)
     x = windows(40)
     labels = (x[:, 0, 16, 16, 0] > 128).astype(np.uint8)
-    write_patches(tmp_path / "p.h5", x, labels, np.zeros(40, np.int64), ["s"])
+    write_patches(tmp_path / "p.h5", x, labels, np.zeros(40, np.int64), ["s"], downsamples=META["downsamples"])
     reports = {}
     for backend, precision in (("tensorflow", "float32"), ("openvino", "float32"), ("openvino", "auto")):
         out = tmp_path / f"{backend}_{precision}"

@@ -185,7 +185,7 @@ def load_openvino_model(model_path: str | os.PathLike, towers: int, window: int,
             if old != xml:
                 for stale in (old, old.with_suffix(".bin")):
                     stale.unlink(missing_ok=True)
-        log.info("%s: OpenVINO model cached in %s", model_path, xml)
+        log.debug("%s: OpenVINO model cached in %s", model_path, xml)
     except OSError as exc:
         log.warning("%s: cannot cache the OpenVINO model (%s); converting on every load", xml, exc)
     return ov_model, "converted"

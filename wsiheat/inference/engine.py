@@ -106,7 +106,7 @@ class HeatmapModel:
         if backend == "openvino":
             spec = spec_from_metadata(metadata)
             ov_model, source = load_openvino_model(path, spec.towers, spec.window)
-            log.info("%s: OpenVINO model (%s), %s", path, source, reason)
+            log.debug("%s: OpenVINO model (%s), %s", path, source, reason)
             return cls(ov_model, metadata, Path(path), batch_size=batch_size, tta=tta, backend=backend,
                        precision=precision, reason=reason, requests=requests)
         model, metadata = load_model(path, precision=precision)
