@@ -106,13 +106,13 @@ def synthetic_slide(gpx: float, cache: Path) -> Path:
     """The cached synthetic slide of ``gpx`` gigapixels (written tile by tile when missing)."""
     import tifffile
 
-    from wsiheat.wsi.pyramid import _ensure_tifffile_jpeg
+    from wsiheat.wsi.pyramid import ensure_tifffile_jpeg
 
     side = int(round(math.sqrt(gpx * 1e9)))
     path = cache / f"synthetic_{gpx:g}gpx_{side}.tif"
     if path.exists():
         return path
-    _ensure_tifffile_jpeg()
+    ensure_tifffile_jpeg()
     tmp = path.with_suffix(".part.tif")
     t0 = time.perf_counter()
     with tifffile.TiffWriter(tmp, bigtiff=True) as tw:

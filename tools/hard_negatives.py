@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from wsiheat.errors import WsiheatError
     from wsiheat.models.model import read_metadata
-    from wsiheat.patches.store import _append_rows, open_patches
+    from wsiheat.patches.store import append_rows, open_patches
 
     try:
         if args.copies < 1:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         with h5py.File(tmp, "r+") as f:
             n0 = f["labels"].shape[0]
             if len(hard):
-                _append_rows(f, *(np.concatenate([f[name][hard]] * args.copies)
+                append_rows(f, *(np.concatenate([f[name][hard]] * args.copies)
                                   for name in ("images", "labels", "centers", "slide_ids")))
         os.replace(tmp, args.output)
     finally:

@@ -514,7 +514,7 @@ def test_downsample_towers_and_real_tcga_slide(tmp_path):
 
 def _plan_all_cells(slide, spec, gt, tissue_threshold, normal_ratio, max_normal, seed, block=2048):
     """The plan as computed before issue 21: every cell's box, fraction and label in memory at once."""
-    from wsiheat.patches.sampling import _slide_seed, block_order
+    from wsiheat.patches.sampling import block_order, slide_seed
     from wsiheat.wsi.tissue import tissue_mask, tissue_mask_from_rgb
 
     tm = tissue_mask(slide)
@@ -525,7 +525,7 @@ def _plan_all_cells(slide, spec, gt, tissue_threshold, normal_ratio, max_normal,
     tumor_slide = bool(gt is not None and gt.has_tumor)
     tumor = tumor_labels(grid, gt, rows, cols) if tumor_slide else np.zeros(len(rows), bool)
     normal_idx, tumor_idx = np.flatnonzero(on_tissue & ~tumor), np.flatnonzero(tumor)
-    rng = _slide_seed(seed, slide.name)
+    rng = slide_seed(seed, slide.name)
     n_normal = (min(len(normal_idx), int(round(normal_ratio * len(tumor_idx)))) if tumor_slide else
                 len(normal_idx) if not max_normal else min(len(normal_idx), int(max_normal)))
     if n_normal < len(normal_idx):

@@ -99,14 +99,14 @@ def tissue_cells(slide: Slide, spec: WindowSpec, threshold: float = 0.0,
     grid : Grid
     tissue : ndarray of bool, shape (grid.n_rows, grid.n_cols)
     """
-    from wsiheat.patches.sampling import _rows_bar
+    from wsiheat.patches.sampling import rows_bar
     from wsiheat.wsi.tissue import BandedTissueMask, cell_fractions
 
     grid = Grid.for_slide(slide.dimensions, spec)
     # block by block, band of cell rows by band: one bool per cell, nothing slide-sized
     tm = BandedTissueMask(slide, downsample=min(mask_downsample, spec.cell0))
     tissue = np.zeros((grid.n_rows, grid.n_cols), bool)
-    with _rows_bar(grid.n_rows, slide.name, progress) as bar:
+    with rows_bar(grid.n_rows, slide.name, progress) as bar:
         for r0, frac in cell_fractions(tm, spec.cell0, tissue.shape, spec.center * spec.downsamples[0]):
             tissue[r0:r0 + len(frac)] = frac > threshold
             bar.update(len(frac))

@@ -294,7 +294,8 @@ def tumor_grid(grid: Grid, ground_truth, coarse_cells: int = 8) -> np.ndarray:
     return out
 
 
-def _slide_seed(seed: int, name: str) -> np.random.Generator:
+def slide_seed(seed: int, name: str) -> np.random.Generator:
+    """The random generator of one slide's draws: from the seed and the slide name (order-independent)."""
     import zlib
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))])
 
@@ -307,7 +308,7 @@ def block_order(centers0: np.ndarray, spec: WindowSpec, block: int) -> np.ndarra
     return np.lexsort((tl[:, 0], tl[:, 1], bkey[:, 0], bkey[:, 1]))
 
 
-def _rows_bar(total: int, name: str, progress: bool):
+def rows_bar(total: int, name: str, progress: bool):
     """A tqdm bar of grid rows scanned for tissue (a no-op bar when ``progress`` is false)."""
     from tqdm import tqdm
 
@@ -375,7 +376,7 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
     grid = Grid.for_slide(slide.dimensions, spec)
     # bool grids (one byte per cell), filled band by band: no per-cell float or box arrays
     on_tissue = np.zeros((grid.n_rows, grid.n_cols), bool)
-    with _rows_bar(grid.n_rows, slide.name, progress) as bar:
+    with rows_bar(grid.n_rows, slide.name, progress) as bar:
         for r0, frac in cell_fractions(tissue, spec.cell0, on_tissue.shape, spec.window * spec.downsamples[0]):
             on_tissue[r0:r0 + len(frac)] = frac >= tissue_threshold - 1e-9
             bar.update(len(frac))
@@ -385,7 +386,7 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
     normal_idx = np.flatnonzero(on_tissue & ~tumor)  # flat row-major cell indices
     tumor_idx = np.flatnonzero(tumor)
     n_available = len(normal_idx)
-    rng = _slide_seed(seed, slide.name)
+    rng = slide_seed(seed, slide.name)
     if tumor_slide:
         n_normal = min(len(normal_idx), int(round(normal_ratio * len(tumor_idx))))
     else:

@@ -200,8 +200,9 @@ def _ensure_room(path: Path, expected_size: int) -> None:
                              f"if any, is unchanged")
 
 
-def _append_rows(f: h5py.File, images: np.ndarray, labels: np.ndarray, centers: np.ndarray,
+def append_rows(f: h5py.File, images: np.ndarray, labels: np.ndarray, centers: np.ndarray,
                  slide_ids: np.ndarray) -> None:
+    """Append rows to the datasets of an open patches file (its layout already made)."""
     n0, k = f["labels"].shape[0], len(labels)
     if k == 0:
         return
@@ -295,7 +296,7 @@ class ShardWriter:
         if not 0 <= slide_id < self._f["slides"].shape[0]:
             raise ValueError(f"unknown slide id {slide_id}")
         _ensure_room(self.path, (self.n + k) * self.row_bytes)
-        _append_rows(self._f, images, labels, centers, np.full(k, slide_id, np.int32))
+        append_rows(self._f, images, labels, centers, np.full(k, slide_id, np.int32))
         pause_point("shard-append")
 
     def close(self) -> None:
@@ -658,6 +659,6 @@ def _copy_rows(src: PatchFile, f: h5py.File, drop: set[str]) -> int:
         imgs = src.read(s, e)
         if not keep.all():
             imgs = imgs[keep]
-        _append_rows(f, imgs, src.labels[s:e][keep], src.centers[s:e][keep], new_ids[keep].astype(np.int32))
+        append_rows(f, imgs, src.labels[s:e][keep], src.centers[s:e][keep], new_ids[keep].astype(np.int32))
         copied += int(keep.sum())
     return copied

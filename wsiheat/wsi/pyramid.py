@@ -37,7 +37,7 @@ def _jpeg_placeholder(*args, **kwargs):  # pragma: no cover - never called
     raise RuntimeError("wsiheat writes JPEG tiles pre-encoded; this encoder is never called")
 
 
-def _ensure_tifffile_jpeg() -> None:
+def ensure_tifffile_jpeg() -> None:
     """Let tifffile write pre-encoded JPEG tiles without the imagecodecs package.
 
     tifffile looks the JPEG encoder up even when it is handed already-encoded
@@ -119,7 +119,7 @@ def write_pyramid(path: str | os.PathLike, render: Callable[[int, int, int, int,
         raise ValueError("JPEG compression is for RGB pyramids only")
     sizes = level_sizes(*size, min_side=min_side)
     if compression == "jpeg":
-        _ensure_tifffile_jpeg()
+        ensure_tifffile_jpeg()
     bigtiff = size[0] * size[1] * channels > 2 ** 31
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
         for level, (w, h) in enumerate(sizes):
