@@ -309,10 +309,10 @@ def block_order(centers0: np.ndarray, spec: WindowSpec, block: int) -> np.ndarra
 
 
 def rows_bar(total: int, name: str, progress: bool):
-    """A tqdm bar of grid rows scanned for tissue (a no-op bar when ``progress`` is false)."""
+    """A tqdm bar of grid rows scanned for tissue (shown on a terminal only; a no-op bar when ``progress`` is false)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="row", desc=f"{name} tissue", disable=not progress, leave=False,
+    return tqdm(total=total, unit="row", desc=f"{name} tissue", disable=None if progress else True, leave=False,
                 dynamic_ncols=True, mininterval=0.5)
 
 
@@ -467,7 +467,7 @@ def extract_slide(slide: Slide, ground_truth, spec: WindowSpec, writer, *, slide
     if cuts[-1] != K:
         cuts.append(K)
     buf = np.empty((max(1, int(np.max(np.diff(cuts), initial=1))), spec.towers, spec.window, spec.window, 3), np.uint8)
-    with tqdm(total=K, unit="win", desc=slide.name, disable=not progress, leave=False,
+    with tqdm(total=K, unit="win", desc=slide.name, disable=None if progress else True, leave=False,
               dynamic_ncols=True, mininterval=0.5) as bar:
         for a, b in zip(cuts[:-1], cuts[1:]):
             if b <= a:
