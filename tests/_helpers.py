@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -132,3 +133,17 @@ def damaged_copy(src: Path, dst: Path, dataset: str = "images") -> Path:
         except Exception:
             continue
     raise AssertionError(f"no B-tree of {dataset} found in {src}")
+
+
+def run_wsiheat(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m wsiheat ARGS`` in a real process with this checkout first on the path."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "wsiheat", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (to show a file was left unchanged)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

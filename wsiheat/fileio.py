@@ -259,3 +259,12 @@ def save_figure(fig, path: str | os.PathLike, tight_layout: bool = False) -> Non
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
+
+
+def sha256_file(path: str | os.PathLike, prefix: bytes = b"") -> str:
+    """Hex SHA-256 of ``prefix`` followed by a file's bytes, read in 4 MiB blocks (the one file hasher)."""
+    h = hashlib.sha256(prefix)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

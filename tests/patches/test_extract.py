@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from _helpers import damaged_copy, shared_path
+from _helpers import damaged_copy, file_digest, run_wsiheat, shared_path
 
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.extract import extract_to_file
@@ -99,14 +98,8 @@ def mask_png(tmp_path_factory):
     return p
 
 
-def run_cli(*args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "wsiheat", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+run_cli = run_wsiheat
+digest = file_digest
 
 
 def assert_one_line_error(res, *needles):

@@ -3,28 +3,19 @@ file names must agree with their patient folder. Real PNG trees, the CLI in a su
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+from _helpers import file_digest, run_wsiheat
 
 from wsiheat.patches.store import open_patches
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "wsiheat", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+run_cli = run_wsiheat
+digest = file_digest
 
 
 def one_line_error(res, *needles):

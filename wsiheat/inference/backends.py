@@ -22,7 +22,6 @@ on CPUs with AMX or AVX512-BF16 instructions and ``float32`` otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -124,11 +123,9 @@ def resolve_precision(precision: str, backend: str, flags: set[str] | None = Non
 # --------------------------------------------------------------------------- OpenVINO
 def model_digest(path: str | os.PathLike) -> str:
     """SHA-256 (hex) of a model file and the conversion version: the OpenVINO cache key."""
-    h = hashlib.sha256(f"wsiheat-openvino-{OPENVINO_CACHE_VERSION}\n".encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from wsiheat.fileio import sha256_file
+
+    return sha256_file(path, prefix=f"wsiheat-openvino-{OPENVINO_CACHE_VERSION}\n".encode())
 
 
 def openvino_cache_path(model_path: str | os.PathLike, digest: str) -> Path:

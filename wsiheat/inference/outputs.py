@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from wsiheat.errors import WsiheatError
-from wsiheat.fileio import atomic_path, pause_point
+from wsiheat.fileio import atomic_path, pause_point, sha256_file
 from wsiheat.inference.exports import ASAP_SUFFIX, QUPATH_SUFFIX, write_viewer_files
 from wsiheat.wsi.slide import Slide
 
@@ -334,17 +334,6 @@ def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     return {s: out_dir / f"{name}{s}" for s in OUTPUT_SUFFIXES}
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _jsonable(v):
     return json.loads(json.dumps(v, sort_keys=True, default=str))
 
@@ -373,7 +362,7 @@ def outputs_complete(out_dir: str | os.PathLike, name: str, parameters: dict | N
             continue
         want = files.get(path.name)
         try:
-            if want is None or file_sha256(path) != want:
+            if want is None or sha256_file(path) != want:
                 return False
         except OSError:
             return False
@@ -428,7 +417,7 @@ def save_heatmap(hm: Heatmap, out_dir: str | os.PathLike, name: str | None = Non
     summary["name"] = name
     summary["seconds"] = round(s["seconds"] + time.perf_counter() - t0, 3)
     summary["outputs"] = {k: p.name for k, p in paths.items()}
-    summary["completion"] = {"files": {p.name: file_sha256(p) for k, p in paths.items() if k != ".json"},
+    summary["completion"] = {"files": {p.name: sha256_file(p) for k, p in paths.items() if k != ".json"},
                               "parameters": _jsonable(parameters or {})}
     with atomic_path(paths[".json"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")

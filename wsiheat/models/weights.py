@@ -30,7 +30,6 @@ Root attributes record provenance: ``format``, ``variant``, ``source_package``,
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import os
 import re
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from wsiheat.errors import WsiheatError
-from wsiheat.fileio import atomic_path
+from wsiheat.fileio import atomic_path, sha256_file
 from wsiheat.models.torchscript import read_torchscript
 
 log = logging.getLogger(__name__)
@@ -186,15 +185,6 @@ def torch_geometry(attrs: dict[str, Any], tensors: dict[str, np.ndarray]) -> dic
 
 
 # --- conversion ---------------------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_fid_inception(source_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
