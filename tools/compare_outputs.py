@@ -16,7 +16,7 @@ backbone, a few training steps), so both versions run exactly the same network,
 both with TensorFlow in float32 (the current version is told so: its default
 backend may be OpenVINO).
 
-    python tools/compare_outputs.py [--baseline REV] [--work DIR] [--keep]
+    python tools/compare_outputs.py [--baseline REV] [--work DIR] [--keep] [--reuse]
 
 Prints one line per file and a summary; exits 1 when anything differs.
 """
@@ -102,8 +102,11 @@ def compare(a: Path, b: Path) -> str:
                     return f"dataset {name} differs"
             aa = {k: v for k, v in fa.attrs.items() if k not in VOLATILE}
             ab = {k: v for k, v in fb.attrs.items() if k not in VOLATILE}
-            bad = [k for k in set(aa) | set(ab) if k not in aa or k not in ab or not np.array_equal(aa[k], ab[k])]
-            return f"attributes differ: {', '.join(sorted(bad))}" if bad else ""
+            bad = [k for k in aa if k not in ab or not np.array_equal(aa[k], ab[k])]
+            new = sorted(set(ab) - set(aa))
+            if bad:
+                return f"attributes differ: {', '.join(sorted(bad))}"
+            return f"equal (new attributes: {', '.join(new)})" if new else ""
     if suffix in (".png", ".tif", ".tiff"):
         if suffix == ".png":
             from PIL import Image
@@ -126,6 +129,7 @@ def main() -> int:
                                                          "stage-package layout)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--reuse", action="store_true", help="compare the outputs already in --work (no runs)")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="wsiheat-compare-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -140,6 +144,8 @@ def main() -> int:
         sides = {"baseline": base_code, "current": ROOT}
         for side, code in sides.items():
             out = work / side
+            if a.reuse and out.is_dir():
+                continue
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             infer = ["--backend", "tensorflow", "--precision", "float32"] if side == "current" else []
