@@ -163,7 +163,8 @@ class HeatmapModel:
         from wsiheat.inference.heatmap import compute_heatmap
 
         # the compiled function depends on the window shape only, not on the towers' downsamples
+        model_path = options.pop("model_path", self.path)  # as recorded in the outputs
         return compute_heatmap(slide, self.model, self.metadata, name, batch_size=self.batch_size,
-                               tta=self.tta, model_path=self.path, predict=self.predict_fn(),
+                               tta=self.tta, model_path=model_path, predict=self.predict_fn(),
                                backend=self.backend, precision=self.precision, precision_reason=self.reason,
                                **options)

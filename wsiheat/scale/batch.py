@@ -253,10 +253,10 @@ def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict,
     engine = cached_model(model_path, options.pop("precision", "auto"),
                           options.pop("batch_size", defaults.PREDICT_BATCH_SIZE), options.pop("tta", False),
                           options.pop("backend", "auto"))
-    engine.path = str(model_path)  # recorded in the outputs as the user gave it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HeatmapWarning)  # they are in the summary's "warnings"
-        heatmap = engine.predict_slide(task.slide, task.name, **options)
+        # the model path recorded in the outputs is the one the user gave (the engine is shared)
+        heatmap = engine.predict_slide(task.slide, task.name, model_path=str(model_path), **options)
     summary = heatmap.save(out_dir, task.name, parameters)
     summary = dict(summary)
     summary["model_loads"] = model_loads()
