@@ -152,8 +152,9 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
         failed = [r for r in run["results"] if r.status == "failed"]
         click.echo(f"{folder}: {len(run['results']) - len(failed)} of {len(run['results'])} slides done; "
                    f"{run['seconds']:.1f} s")
-        if budget_line(run["results"]):
-            click.echo(budget_line(run["results"]))
+        budget = budget_line(run["results"])
+        if budget:
+            click.echo(budget)
         if failed:
             raise WsiheatError(f"{folder}: {len(failed)} slides failed (see the table); re-run the same command "
                                f"to retry them")
@@ -176,8 +177,9 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
     show = sys.stderr.isatty() if progress is None else progress
     run = heatmap_many(tasks, model_path, folder, workers=0, retries=0, progress=False, overwrite=overwrite,
                        window_progress=show, on_result=report, **options)
-    if budget_line(run["results"]):
-        click.echo(budget_line(run["results"]))
+    budget = budget_line(run["results"])
+    if budget:
+        click.echo(budget)
     failed = sum(r.status == "failed" for r in run["results"])
     if failed:
         click.echo(f"wsiheat: {failed} of {sum(r.status != 'skipped' for r in run['results'])} slides failed",
