@@ -147,3 +147,23 @@ def file_digest(path: str | os.PathLike) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def start_paused(args, tmp_path: Path, point: str, timeout: float = 90) -> subprocess.Popen:
+    """Start ``wsiheat ARGS`` held at the test hook ``point`` (see docs/reliability.md); wait until it is there."""
+    import time
+
+    hooks = Path(tmp_path) / "hooks"
+    hooks.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), WSIHEAT_TEST_PAUSE=point, WSIHEAT_TEST_PAUSE_DIR=str(hooks))
+    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", *map(str, args)], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    reached = hooks / f"{point}.reached"
+    deadline = time.time() + timeout
+    while not reached.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if not reached.exists():
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"never reached the test hook {point} (exit {proc.returncode}): {err[-2000:]}")
+    return proc

@@ -13,6 +13,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from _helpers import start_paused
 from PIL import Image
 
 from wsiheat.cli.main import main
@@ -599,28 +600,6 @@ def _digests(out: Path, name: str) -> dict:
     return {s: hashlib.sha256((out / f"{name}{s}").read_bytes()).hexdigest() for s in OUTPUT_SUFFIXES}
 
 
-def _start_paused(args, tmp_path: Path, point: str, timeout: float = 300):
-    """``wsiheat ARGS`` in a subprocess, held at the test hook ``point`` (docs/reliability.md)."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    hooks = tmp_path / "hooks"
-    hooks.mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), WSIHEAT_TEST_PAUSE=point, WSIHEAT_TEST_PAUSE_DIR=str(hooks))
-    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + timeout
-    while not (hooks / f"{point}.reached").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    if not (hooks / f"{point}.reached").exists():
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"never reached the test hook {point}: {err[-2000:]}")
-    return proc
-
-
 def test_manifest_overwrite_with_corrupt_model_keeps_outputs(data, tmp_path, capsys):
     """Case 1: `heatmap --manifest ... --overwrite` with a broken model leaves the earlier 7 files as they were."""
     m = tmp_path / "m.csv"
@@ -651,8 +630,8 @@ def test_killed_while_writing_outputs_is_redone_not_skipped(data, tmp_path, caps
     code, so, se = run_cli([*base, "-m", data["models"]["ds1"]], capsys)
     assert code == 0, se
     first = _digests(out, "small")
-    proc = _start_paused([*base, "-m", data["models"]["ds2"], "--overwrite", "--smooth", "3"], tmp_path,
-                         "heatmap-outputs")
+    proc = start_paused([*base, "-m", data["models"]["ds2"], "--overwrite", "--smooth", "3"], tmp_path,
+                        "heatmap-outputs", timeout=300)
     proc.kill()
     proc.communicate()
     mixed = _digests(out, "small")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -16,7 +15,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from _helpers import damaged_copy, file_digest, run_wsiheat, shared_path
+from _helpers import damaged_copy, file_digest, run_wsiheat, shared_path, start_paused
 
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.extract import extract_to_file
@@ -372,24 +371,6 @@ def test_failure_mid_slide_leaves_file_identical(slide1k, tmp_path):
     assert sum(appended) > 0  # it failed mid-slide, after writing some rows
     assert digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif", "p.h5"]
-
-
-def start_paused(args, tmp_path, point, timeout=90):
-    """Start ``wsiheat ARGS`` held at the test hook ``point`` (see docs/reliability.md); wait until it is there."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), WSIHEAT_TEST_PAUSE=point, WSIHEAT_TEST_PAUSE_DIR=str(hooks))
-    proc = subprocess.Popen([sys.executable, "-m", "wsiheat", *map(str, args)], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
-    reached = hooks / f"{point}.reached"
-    deadline = time.time() + timeout
-    while not reached.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    if not reached.exists():
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"never reached the test hook {point} (exit {proc.returncode}): {err[-2000:]}")
-    return proc
 
 
 def _extract_args(slide, out):
