@@ -68,7 +68,8 @@ def main() -> None:
     import tensorflow as tf
 
     from wsiheat.models.model import build_model
-    from wsiheat.training.dataset import AugmentConfig, make_dataset, open_patch_file
+    from wsiheat.training.augment import AugmentConfig
+    from wsiheat.training.dataset import make_dataset, open_patch_file
     from wsiheat.training.train import compile_model
 
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:

@@ -43,11 +43,14 @@ from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at imp
               show_default=True, help="Class imbalance: loss weights or balanced sampling.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt/ after an interruption.")
 @click.option("--no-augment", is_flag=True, help="No rotation/flip/colour augmentation.")
-@click.option("--no-colour", is_flag=True, help="Geometric augmentation only.")
+@click.option("--no-colour", is_flag=True, help="No RGB colour jitter (geometry, and HED jitter when asked).")
 @click.option("--brightness", default=64 / 255, show_default=True, type=float)
 @click.option("--saturation", default=0.25, show_default=True, type=float)
 @click.option("--hue", default=0.04, show_default=True, type=float)
 @click.option("--contrast", default=0.75, show_default=True, type=float)
+@click.option("--hed-jitter", "hed_jitter", default=0.0, show_default=True, type=float, metavar="SIGMA",
+              help="HED stain augmentation: H, E, DAB concentrations scaled by U(1-SIGMA, 1+SIGMA) and shifted "
+                   "by U(-SIGMA, SIGMA)*0.1 OD per sample (0: off).")
 @click.option("--shared-backbone", is_flag=True, help="One backbone shared by all towers.")
 @click.option("--dropout", default=0.5, show_default=True, type=float)
 @click.option("--backbone", type=click.Choice(backbone_names()), default=defaults.BACKBONE,
@@ -62,12 +65,12 @@ from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at imp
               help="Accept a --val file at other magnifications than PATCHES (a warning, not an error).")
 def train_cmd(patches, output, val, val_fraction, weights, trainable_from, second_stage_lr,
               second_stage_epochs, epochs, batch_size, steps_per_epoch, lr, lr_decay, patience, monitor,
-              seed, balance, resume, no_augment, no_colour, brightness, saturation, hue, contrast,
+              seed, balance, resume, no_augment, no_colour, brightness, saturation, hue, contrast, hed_jitter,
               shared_backbone, dropout, backbone, memory_budget, precision, allow_mismatch) -> None:
     """Train the multi-tower tumor classifier on an HDF5 patches file."""
     import warnings
 
-    from wsiheat.training.dataset import AugmentConfig
+    from wsiheat.training.augment import AugmentConfig
     from wsiheat.training.train import (
         BatchSizeWarning,
         MagnificationWarning,
@@ -79,10 +82,10 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
     if no_augment:
         augment = None
     elif no_colour:
-        augment = AugmentConfig(brightness=0.0, saturation=0.0, hue=0.0, contrast=0.0)
+        augment = AugmentConfig(brightness=0.0, saturation=0.0, hue=0.0, contrast=0.0, hed=hed_jitter)
     else:
         augment = AugmentConfig(brightness=brightness, saturation=saturation, hue=hue,
-                                contrast=contrast)
+                                contrast=contrast, hed=hed_jitter)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, lr=lr,
                       lr_decay=lr_decay, second_stage_lr=second_stage_lr,
                       second_stage_epochs=second_stage_epochs, trainable_from=trainable_from,

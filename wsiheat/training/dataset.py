@@ -10,10 +10,8 @@
   order through a shuffle buffer (bounded memory whatever the file size), or
   holds the selected rows in memory when they fit under a memory budget;
   augmentation runs batched in parallel, and batches are prefetched.
-* :func:`augment_batch` applies the SAME random rotation (0/90/180/270 degrees)
-  and flips to every tower of a sample (they share a centre), plus the colour
-  perturbation of Liu et al. 2017 (brightness, saturation, hue, contrast), the
-  same colour draw for all towers of a sample.
+* augmentation (rotation, flips, RGB and HED colour) lives in
+  :mod:`wsiheat.training.augment`.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from wsiheat.errors import WsiheatError
+from wsiheat.training.augment import AugmentConfig, augment_batch
 
 
 @dataclass
@@ -175,92 +174,6 @@ def class_weights(labels: np.ndarray) -> dict:
     n = len(labels)
     counts = np.bincount(labels.astype(np.int64), minlength=2)
     return {c: float(n / (2.0 * counts[c])) if counts[c] else 0.0 for c in (0, 1)}
-
-
-# --------------------------------------------------------------------------------------
-# Augmentation
-# --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation settings; a zero disables a colour term.
-
-    Defaults follow Liu et al. 2017: brightness max delta 64/255, saturation max
-    delta 0.25 (factor 0.75-1.25), hue max delta 0.04, contrast max delta 0.75
-    (factor 0.25-1.75); random orthogonal rotation and flips.
-    """
-
-    rotate: bool = True
-    flip: bool = True
-    brightness: float = 64.0 / 255.0
-    saturation: float = 0.25
-    hue: float = 0.04
-    contrast: float = 0.75
-
-    def __post_init__(self):
-        for name in ("brightness", "saturation", "hue", "contrast"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise WsiheatError(f"augmentation {name}={v}: need a value in [0, 1]")
-
-    @property
-    def colour(self) -> bool:
-        return any((self.brightness, self.saturation, self.hue, self.contrast))
-
-
-def augment_batch(images, config: AugmentConfig = AugmentConfig(), seed: int | None = None):
-    """Augment a uint8 batch ``(B, T, W, W, 3)``; returns uint8 of the same shape.
-
-    Every tower of a sample gets the same rotation, flips and colour draw.
-    """
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(images)
-    b = tf.shape(x)[0]
-    gen = tf.random.Generator.from_seed(seed) if seed is not None else None
-
-    def uniform(shape, lo, hi, dtype=tf.float32):
-        if gen is not None:
-            return gen.uniform(shape, lo, hi, dtype=dtype)
-        return tf.random.uniform(shape, lo, hi, dtype=dtype)
-
-    bshape = tf.stack([b, 1, 1, 1, 1])
-    if config.rotate:
-        k = uniform([b], 0, 4, dtype=tf.int32)
-        r = x
-        rots = [x]
-        for _ in range(3):  # rot90 counter-clockwise on axes (2, 3) = (rows, cols)
-            r = tf.reverse(tf.transpose(r, [0, 1, 3, 2, 4]), axis=[2])
-            rots.append(r)
-        out = rots[0]
-        for i in range(1, 4):
-            out = tf.where(tf.reshape(tf.equal(k, i), bshape), rots[i], out)
-        x = out
-    if config.flip:
-        h = uniform([b], 0, 2, dtype=tf.int32)
-        v = uniform([b], 0, 2, dtype=tf.int32)
-        x = tf.where(tf.reshape(tf.equal(h, 1), bshape), tf.reverse(x, axis=[3]), x)
-        x = tf.where(tf.reshape(tf.equal(v, 1), bshape), tf.reverse(x, axis=[2]), x)
-    if not config.colour:
-        return x
-    f = tf.cast(x, tf.float32) / 255.0
-    if config.brightness:
-        f = tf.clip_by_value(f + uniform(bshape, -config.brightness, config.brightness), 0.0, 1.0)
-    if config.saturation or config.hue:
-        hsv = tf.image.rgb_to_hsv(f)
-        hh, ss, vv = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-        b4 = tf.stack([b, 1, 1, 1])
-        if config.saturation:
-            ss = tf.clip_by_value(ss * uniform(b4, 1.0 - config.saturation,
-                                               1.0 + config.saturation), 0.0, 1.0)
-        if config.hue:
-            hh = tf.math.floormod(hh + uniform(b4, -config.hue, config.hue), 1.0)
-        f = tf.image.hsv_to_rgb(tf.stack([hh, ss, vv], axis=-1))
-    if config.contrast:
-        mean = tf.reduce_mean(f, axis=[2, 3], keepdims=True)  # per sample, tower, channel
-        f = (f - mean) * uniform(bshape, 1.0 - config.contrast, 1.0 + config.contrast) + mean
-    f = tf.clip_by_value(f, 0.0, 1.0)
-    return tf.cast(tf.round(f * 255.0), tf.uint8)
 
 
 # --------------------------------------------------------------------------------------

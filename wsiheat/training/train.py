@@ -45,8 +45,8 @@ from wsiheat import __version__, defaults
 from wsiheat.errors import PatchFileError, WsiheatError
 from wsiheat.fileio import atomic_path, check_writable_dir
 from wsiheat.models.model import INFER_PRECISIONS
+from wsiheat.training.augment import AugmentConfig
 from wsiheat.training.dataset import (
-    AugmentConfig,
     PatchSummary,
     class_weights,
     make_dataset,
