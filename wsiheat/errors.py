@@ -33,4 +33,8 @@ class ModelError(WsiheatError):
     """A saved model that cannot be loaded or does not fit the data it is given."""
 
 
-__all__ = ["WsiheatError", "SlideError", "GroundTruthError", "PatchFileError", "ModelError"]
+class StainError(WsiheatError):
+    """Stain normalisation that cannot be fitted or applied (no tissue, no colour, another normaliser's target)."""
+
+
+__all__ = ["WsiheatError", "SlideError", "GroundTruthError", "PatchFileError", "ModelError", "StainError"]

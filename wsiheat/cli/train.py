@@ -8,6 +8,7 @@ from wsiheat import defaults
 from wsiheat.cli.main import cli
 from wsiheat.models.backbones import names as backbone_names
 from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at import
+from wsiheat.wsi.stain import normalizer_names
 
 
 @cli.command("train")
@@ -51,6 +52,12 @@ from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at imp
 @click.option("--hed-jitter", "hed_jitter", default=0.0, show_default=True, type=float, metavar="SIGMA",
               help="HED stain augmentation: H, E, DAB concentrations scaled by U(1-SIGMA, 1+SIGMA) and shifted "
                    "by U(-SIGMA, SIGMA)*0.1 OD per sample (0: off).")
+@click.option("--stain-normalize", type=click.Choice(normalizer_names()), default=None,
+              help="Stain-normalise every window (one fit per slide/patient); stored in the model, so heatmap, "
+                   "evaluate and view apply the same.")
+@click.option("--stain-reference", type=click.Path(path_type=str), default=None,
+              help="Reference image (or a JSON stain target) for --stain-normalize (default: fitted on the "
+                   "training windows).")
 @click.option("--shared-backbone", is_flag=True, help="One backbone shared by all towers.")
 @click.option("--dropout", default=0.5, show_default=True, type=float)
 @click.option("--backbone", type=click.Choice(backbone_names()), default=defaults.BACKBONE,
@@ -66,6 +73,7 @@ from wsiheat.models.model import INFER_PRECISIONS  # light: no TensorFlow at imp
 def train_cmd(patches, output, val, val_fraction, weights, trainable_from, second_stage_lr,
               second_stage_epochs, epochs, batch_size, steps_per_epoch, lr, lr_decay, patience, monitor,
               seed, balance, resume, no_augment, no_colour, brightness, saturation, hue, contrast, hed_jitter,
+              stain_normalize, stain_reference,
               shared_backbone, dropout, backbone, memory_budget, precision, allow_mismatch) -> None:
     """Train the multi-tower tumor classifier on an HDF5 patches file."""
     import warnings
@@ -93,7 +101,7 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
                       backbone=backbone, val_fraction=val_fraction, seed=seed, balance=balance,
                       patience=patience, monitor=monitor, augment=augment,
                       memory_budget=None if memory_budget is None else int(memory_budget * 2**30),
-                      precision=precision)
+                      precision=precision, stain_normalize=stain_normalize, stain_reference=stain_reference)
     with warnings.catch_warnings():  # restores showwarning afterwards
         shown = warnings.showwarning
 
@@ -114,6 +122,12 @@ def train_cmd(patches, output, val, val_fraction, weights, trainable_from, secon
                + ", ".join(f"{k} {m[k]:.4f}" for k in ("loss", "auc", "balanced_accuracy",
                                                       "sensitivity", "specificity") if k in m)
                + f" ({s['seconds']:.0f} s)")
+    if s.get("stain"):
+        st = s["stain"]
+        left = st["unnormalised_slides"]
+        click.echo(f"stain normalisation {st['method']}: {st['fitted_slides']} slide(s) fitted"
+                   + (f"; {len(left)} left unnormalised (no stained tissue): {', '.join(left[:5])}"
+                      + (" ..." if len(left) > 5 else "") if left else ""))
 
 
 @cli.command("weights")

@@ -196,17 +196,22 @@ def default_memory_budget() -> int:
 class _RowSource:
     """Yields ``(images, labels)`` blocks of selected rows from disk or memory."""
 
-    def __init__(self, pf: PatchSummary, rows: np.ndarray, in_memory: bool, block_rows: int):
+    def __init__(self, pf: PatchSummary, rows: np.ndarray, in_memory: bool, block_rows: int, stain=None):
         self.pf = pf
         self.rows = np.sort(np.asarray(rows, dtype=np.int64))
         self.block = max(1, int(block_rows))
         self.labels = pf.labels[self.rows].astype(np.float32)
+        self.stain = stain
         self.images = None
         if in_memory and len(self.rows):
             from wsiheat.patches.store import open_patches
 
             with open_patches(pf.path) as sf:
                 self.images = sf.read_rows(self.rows)
+            if stain is not None:  # normalised once
+                for s in range(0, len(self.rows), 1024):
+                    sel = slice(s, s + 1024)
+                    self.images[sel] = stain.apply(self.images[sel], pf.slide_ids[self.rows[sel]])
 
     def blocks(self, shuffle: bool, seed: int, repeat: bool):
         """Generator of ``(uint8 (k,T,W,W,3), float32 (k,1))``."""
@@ -230,6 +235,8 @@ class _RowSource:
                     lo, hi = np.searchsorted(self.rows, [s, s + self.block])
                     sel = self.rows[lo:hi]
                     data = sf.read(s, min(s + self.block, n))[sel - s]  # PatchFileError when damaged
+                    if self.stain is not None:
+                        data = self.stain.apply(data, self.pf.slide_ids[sel])
                     lab = self.labels[lo:hi, None]
                     if shuffle:
                         p = rng.permutation(len(sel))
@@ -242,7 +249,7 @@ class _RowSource:
 def make_dataset(pf: PatchSummary, rows: np.ndarray, batch_size: int, *, training: bool,
                  augment: AugmentConfig | None = AugmentConfig(), balance: str = "weights",
                  seed: int = 0, memory_budget: int | None = None, shuffle_buffer: int | None = None,
-                 block_rows: int | None = None):
+                 block_rows: int | None = None, stain=None):
     """A ``tf.data.Dataset`` of ``(uint8 (B,T,W,W,3), float32 (B,1))`` batches.
 
     Parameters
@@ -268,6 +275,8 @@ def make_dataset(pf: PatchSummary, rows: np.ndarray, batch_size: int, *, trainin
         Elements in the shuffle buffer (default: 16 blocks, at least 4 batches).
     block_rows : int, optional
         Rows per disk read (default: the HDF5 chunk size, at least 64).
+    stain : wsiheat.patches.stain.PatchStain, optional
+        Stain-normalise every row (per slide) as it is read, before augmentation.
     """
     import tensorflow as tf
 
@@ -285,7 +294,7 @@ def make_dataset(pf: PatchSummary, rows: np.ndarray, batch_size: int, *, trainin
     sig = (tf.TensorSpec((None, T, W, W, 3), tf.uint8), tf.TensorSpec((None, 1), tf.float32))
 
     def stream(sel_rows, s):
-        src = _RowSource(pf, sel_rows, in_memory, block)
+        src = _RowSource(pf, sel_rows, in_memory, block, stain)
         return tf.data.Dataset.from_generator(
             lambda: src.blocks(shuffle=training, seed=s, repeat=training), output_signature=sig)
 

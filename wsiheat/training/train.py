@@ -95,6 +95,8 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     memory_budget: int | None = None
     precision: str = "auto"  # see PRECISIONS
+    stain_normalize: str | None = None  # a wsiheat.wsi.stain normaliser name
+    stain_reference: str | None = None  # reference image or JSON target (default: fitted on the training rows)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -117,6 +119,8 @@ class TrainConfig:
             raise WsiheatError(f"monitor={self.monitor}: choose {' or '.join(MONITORS)}")
         if self.precision not in PRECISIONS:
             raise WsiheatError(f"precision={self.precision}: choose {', '.join(PRECISIONS)}")
+        if self.stain_reference and not self.stain_normalize:
+            raise WsiheatError(f"stain reference {self.stain_reference}: choose a stain normaliser too")
 
 
 class BatchSizeWarning(UserWarning):
@@ -363,11 +367,12 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
     n_train = len(train_rows)
     steps = config.steps_per_epoch or steps_for(n_train, config.batch_size)
     try:  # rows that fit in memory are read here
+        stain, val_stain = training_stain(config, pf, vf, train_rows, val_rows)
         train_ds = None if multi else make_dataset(  # multi-worker: one pipeline per worker, below
             pf, train_rows, config.batch_size, training=True, augment=config.augment,
-            balance=config.balance, seed=config.seed, memory_budget=config.memory_budget)
+            balance=config.balance, seed=config.seed, memory_budget=config.memory_budget, stain=stain)
         val_ds = make_dataset(vf, val_rows, config.batch_size, training=False,
-                              memory_budget=config.memory_budget)
+                              memory_budget=config.memory_budget, stain=val_stain)
     except WsiheatError:
         drop_empty_checkpoint(ckpt, state, resume)
         raise
@@ -384,7 +389,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         if multi:
             model, val_metrics = _fit_multiworker(
                 strategy, pf, vf, train_rows, val_rows, config, stages, build_args, mixed, cw,
-                steps, val_ds, ckpt, history_path, state, history, progress)
+                steps, val_ds, ckpt, history_path, state, history, progress, stain)
         else:
             with strategy.scope():
                 for stage, (s0, s1, slr, tfrom) in enumerate(stages):
@@ -466,6 +471,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
         "train_config": {k: v for k, v in asdict(config).items() if k != "augment"},
         "augment": asdict(config.augment) if config.augment else None,
         "precision": policy, "mixed_precision": policy != "float32", "wsiheat_version": __version__,
+        "stain": None if stain is None else stain.record(),
     }
     if multi:
         meta["multi_worker"] = {"workers": tf_config_workers(),
@@ -484,7 +490,50 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
             "train_rows": int(n_train), "val_rows": int(len(val_rows)),
             "val_slides": len(val_slides), "epochs": len(history),
             "best_epoch": state.get("best_epoch"), "val_metrics": val_metrics,
+            "stain": None if stain is None else stain.record(),
             "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def training_stain(config: TrainConfig, pf: PatchSummary, vf: PatchSummary, train_rows: np.ndarray,
+                   val_rows: np.ndarray):
+    """The stain normalisation of training and validation rows, or ``(None, None)``.
+
+    The normaliser is ``config.stain_normalize`` with its target from
+    ``config.stain_reference`` (an image or a JSON target) or, by default, fitted
+    on the training rows (:func:`wsiheat.patches.stain.fit_target`). Starting from
+    a wsiheat model (``config.weights``) that was trained with a normaliser, that
+    normaliser and its target are kept; asking for another is an error.
+    Every slide's source is then fitted once on its own rows.
+    """
+    from wsiheat.errors import StainError
+    from wsiheat.patches.stain import PatchStain, fit_target
+    from wsiheat.wsi.stain import get_normalizer, load_target, normalizer_from_dict
+
+    inherited = None
+    w = Path(str(config.weights))
+    if w.suffix == ".keras" and w.is_file():
+        from wsiheat.models.model import read_metadata
+
+        inherited = normalizer_from_dict(read_metadata(w).get("stain"), str(w))
+    if inherited is not None:
+        if config.stain_normalize and config.stain_normalize != inherited.name:
+            raise StainError(f"{w}: trained with the {inherited.name} stain normaliser, not "
+                             f"{config.stain_normalize}; keep {inherited.name} or start from other weights")
+        if config.stain_reference:
+            raise StainError(f"{w}: its {inherited.name} stain target is kept; a new reference "
+                             f"({config.stain_reference}) would change what the weights were trained on")
+        norm = inherited
+    elif config.stain_normalize:
+        if config.stain_reference:
+            norm = load_target(config.stain_reference, config.stain_normalize)
+        else:
+            norm = fit_target(get_normalizer(config.stain_normalize), pf.path, train_rows)
+    else:
+        return None, None
+    if vf.path == pf.path:  # one fit per slide; the split keeps slides apart
+        both = PatchStain.fit(norm, pf.path, np.concatenate([train_rows, val_rows]))
+        return both, both
+    return PatchStain.fit(norm, pf.path, train_rows), PatchStain.fit(norm, vf.path, val_rows)
 
 
 def numpy_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -523,7 +572,7 @@ def _predict_all(model, dataset) -> tuple[np.ndarray, np.ndarray]:
 def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, val_rows,
                      config: TrainConfig, stages: list, build_args: dict, mixed: bool,
                      cw: dict | None, steps: int, val_ds, ckpt: Path, history_path: Path,
-                     state: dict, history: list, progress: bool):
+                     state: dict, history: list, progress: bool, stain=None):
     """The stages and epochs of :func:`train` under ``MultiWorkerMirroredStrategy``.
 
     A custom ``strategy.run`` loop (:class:`wsiheat.training.distribute.StepRunner`)
@@ -554,7 +603,7 @@ def _fit_multiworker(strategy, pf: PatchSummary, vf: PatchSummary, train_rows, v
         return make_dataset(pf, train_rows, ctx.get_per_replica_batch_size(config.batch_size),
                             training=True, augment=config.augment, balance=config.balance,
                             seed=config.seed + 7919 * ctx.input_pipeline_id,
-                            memory_budget=config.memory_budget)
+                            memory_budget=config.memory_budget, stain=stain)
 
     bce = keras.losses.BinaryCrossentropy(reduction=None)
     model = None

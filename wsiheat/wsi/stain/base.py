@@ -1,0 +1,120 @@
+"""The stain normaliser contract and the pixel selection every normaliser fits on.
+
+A normaliser maps a *source* stain appearance onto a fixed *target*. Both are
+small JSON-able dicts of statistics of tissue pixels (:meth:`StainNormalizer.stats`):
+the target is fitted once (a reference image, or the training patches) and
+stored in the model's metadata; the source is fitted once per slide (on a
+sample of its tissue windows) or per patient of a patches file. Every tile of a
+slide is then mapped with the same fixed pixel-wise function, so a heatmap
+has no seams; no tile is ever fitted on its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsiheat.errors import StainError
+
+OD_BACKGROUND = 0.15
+"""A pixel is stained tissue when every channel's optical density is at least this (Macenko et al. 2009)."""
+OD_BLACK = 3.0
+"""... and no channel's optical density is above this (black pen, padding, dust)."""
+MIN_TISSUE_PIXELS = 200
+"""Fewer stained pixels than this cannot be fitted."""
+MIN_COLOUR = 0.08
+"""Median relative spread of a tissue pixel's optical densities ((max - min) / mean over R, G, B) below
+which an image counts as grayscale: H&E tissue is about 0.3-1.0."""
+
+OD_LUT = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
+"""Optical density of each 8-bit value: ``-ln((v + 1) / 256)`` (0 for white, 5.5 for black)."""
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Optical density ``-ln((v + 1) / 256)`` of uint8 RGB, float32 of the same shape."""
+    return OD_LUT[np.asarray(rgb, np.uint8)]
+
+
+def from_optical_density(od: np.ndarray) -> np.ndarray:
+    """uint8 RGB from optical density (the inverse of :func:`optical_density`, rounded and clipped)."""
+    v = np.exp(-od) * 256.0 - 1.0
+    return np.clip(np.rint(v), 0, 255).astype(np.uint8)
+
+
+def tissue_pixels(images: np.ndarray, what: str = "image") -> np.ndarray:
+    """The stained pixels of uint8 RGB images, ``(N, 3)``, checked for colour.
+
+    Parameters
+    ----------
+    images : uint8 array (..., 3)
+        Any stack of RGB images (windows, towers, tiles).
+    what : str
+        Named in errors (a file, a slide, a patient).
+
+    Raises
+    ------
+    StainError
+        Fewer than :data:`MIN_TISSUE_PIXELS` stained pixels, or grayscale.
+    """
+    px = np.asarray(images, np.uint8).reshape(-1, 3)
+    od = optical_density(px)
+    keep = (od.min(axis=1) >= OD_BACKGROUND) & (od.max(axis=1) <= OD_BLACK)
+    n = int(keep.sum())
+    if n < MIN_TISSUE_PIXELS:
+        raise StainError(f"{what}: no tissue to fit a stain normaliser on ({n} stained pixels of {len(px)})")
+    tod = od[keep]
+    spread = float(np.median((tod.max(axis=1) - tod.min(axis=1)) / tod.mean(axis=1)))
+    if spread < MIN_COLOUR:
+        raise StainError(f"{what}: grayscale (median colour spread {spread:.3f}); stain normalisation needs "
+                         f"colour H&E")
+    return px[keep]
+
+
+class StainNormalizer:
+    """Base class of the normalisers: subclasses set :attr:`name` and write
+    :meth:`stats` and :meth:`map_pixels`.
+
+    Parameters
+    ----------
+    target : dict, optional
+        Target statistics (from :meth:`stats`); :meth:`fit` sets them from a
+        reference image.
+    """
+
+    name: str = ""
+
+    def __init__(self, target: dict | None = None):
+        self.target = None if target is None else dict(target)
+
+    # -- the two methods of a normaliser -------------------------------------------------
+    def stats(self, pixels: np.ndarray) -> dict:
+        """Statistics of stained pixels ``(N, 3)`` uint8 (JSON-able)."""
+        raise NotImplementedError
+
+    def map_pixels(self, pixels: np.ndarray, source: dict) -> np.ndarray:
+        """Map uint8 pixels ``(N, 3)`` of an image with ``source`` statistics onto the target."""
+        raise NotImplementedError
+
+    # -- built on them ---------------------------------------------------------------------
+    def fit(self, images: np.ndarray, what: str = "reference image") -> StainNormalizer:
+        """Set the target from a reference image (or a stack of images); returns ``self``."""
+        self.target = self.stats(tissue_pixels(images, what))
+        return self
+
+    def source(self, images: np.ndarray, what: str = "image") -> dict:
+        """Source statistics of a slide or patient, fitted on its stained pixels."""
+        return self.stats(tissue_pixels(images, what))
+
+    def transform(self, images: np.ndarray, source: dict) -> np.ndarray:
+        """Map uint8 RGB images ``(..., 3)`` with ``source`` statistics onto the target; same shape."""
+        if self.target is None:
+            raise StainError(f"the {self.name} normaliser has no target: fit it on a reference image first")
+        x = np.asarray(images, np.uint8)
+        out = self.map_pixels(x.reshape(-1, 3), source)
+        return out.reshape(x.shape)
+
+    def to_dict(self) -> dict:
+        """``{"method": name, "target": {...}}``, as stored in a model's metadata."""
+        return {"method": self.name, "target": self.target}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(target={'set' if self.target else None})"

@@ -1,0 +1,39 @@
+"""Reinhard et al. 2001 colour transfer: match the mean and spread of each CIELAB channel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsiheat.wsi.stain.base import StainNormalizer
+
+
+def rgb_to_lab(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(N, 3)`` -> float32 CIELAB (L 0-100), OpenCV's exact float conversion."""
+    import cv2
+
+    f = (np.asarray(pixels, np.float32) / 255.0).reshape(-1, 1, 3)
+    return cv2.cvtColor(f, cv2.COLOR_RGB2Lab).reshape(-1, 3)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """float32 CIELAB ``(N, 3)`` -> uint8 RGB (clipped)."""
+    import cv2
+
+    f = cv2.cvtColor(np.asarray(lab, np.float32).reshape(-1, 1, 3), cv2.COLOR_Lab2RGB).reshape(-1, 3)
+    return np.clip(np.rint(f * 255.0), 0, 255).astype(np.uint8)
+
+
+class Reinhard(StainNormalizer):
+    """Per-channel mean and standard deviation in CIELAB, fitted on stained pixels only."""
+
+    name = "reinhard"
+
+    def stats(self, pixels: np.ndarray) -> dict:
+        lab = rgb_to_lab(pixels).astype(np.float64)
+        return {"mean": lab.mean(axis=0).tolist(), "std": np.maximum(lab.std(axis=0), 1e-3).tolist()}
+
+    def map_pixels(self, pixels: np.ndarray, source: dict) -> np.ndarray:
+        t, s = self.target, source
+        scale = np.asarray(t["std"], np.float32) / np.asarray(s["std"], np.float32)
+        shift = np.asarray(t["mean"], np.float32) - np.asarray(s["mean"], np.float32) * scale
+        return lab_to_rgb(rgb_to_lab(pixels) * scale + shift)
