@@ -75,6 +75,11 @@ def evaluate_patches_cmd(model_path: str, patches_path: str, out_dir: str, batch
         click.echo(f"  [ ]: {ci['confidence'] * 100:g}% bootstrap intervals over {ci['n_units']} "
                    f"{ci['unit']}s (of imported patches: patients)")
     click.echo(f"inference: {rep['backend']} {rep['precision']} ({rep['precision_reason']})")
+    if rep.get("stain"):
+        st = rep["stain"]
+        left = st["unnormalised_slides"]
+        click.echo(f"stain normalisation {st['method']} (the model's): {st['fitted_slides']} slide(s) fitted"
+                   + (f", {len(left)} left unnormalised (no stained tissue)" if left else ""))
     click.echo(f"report: {out_dir}/{rep['files']['report']}")
 
 

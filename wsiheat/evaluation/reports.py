@@ -191,6 +191,7 @@ def evaluate_patches(model_path: str | os.PathLike, patches_path: str | os.PathL
     rep["model"] = str(model_path)
     rep["patches"] = str(patches_path)
     rep["magnification_mismatch"] = mismatch
+    rep["stain"] = pred.get("stain")  # the model's stain normalisation, fitted per slide of this file
     fpr, tpr, _ = roc_curve(pred["labels"], pred["scores"])
     files = {"report": "patch_report.json", "roc": "patch_roc.png", "per_slide": "patch_per_slide.csv",
              "predictions": "patch_predictions.csv"}

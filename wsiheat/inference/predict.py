@@ -334,7 +334,14 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
     -------
     dict
         ``scores`` float64 (N,), ``labels`` uint8 (N,), ``slide_ids`` (N,),
-        ``slides`` list of str, ``centers`` (N, 2).
+        ``slides`` list of str, ``centers`` (N, 2), ``stain`` (the
+        normalisation record, or None).
+
+    Notes
+    -----
+    A ``HeatmapModel`` whose metadata holds a stain normaliser normalises every
+    row as training did: one source fit per slide of the file
+    (:class:`wsiheat.patches.stain.PatchStain`).
     """
     from tqdm import tqdm
 
@@ -344,6 +351,12 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         raise WsiheatError(f"batch size must be >= 1 (got {batch_size})")
     path = Path(patches_path)
     engine = model if hasattr(model, "predict_windows") else None
+    stain = None
+    if engine is not None and engine.metadata.get("stain"):
+        from wsiheat.patches.stain import PatchStain
+        from wsiheat.wsi.stain import normalizer_from_dict
+
+        stain = PatchStain.fit(normalizer_from_dict(engine.metadata["stain"], engine.path or "model"), path)
     with open_patches(path) as pf:
         n, expected = pf.n, (pf.towers, pf.window, pf.window, 3)
         mshape = (None, engine.towers, engine.window, engine.window, 3) if engine else getattr(model, "input_shape", None)
@@ -358,6 +371,8 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             x = pf.read(start, stop)
+            if stain is not None:
+                x = stain.apply(x, slide_ids[start:stop])
             if engine is not None:
                 scores[start:stop] = engine.predict_windows(x)
                 bar.update(stop - start)
@@ -370,4 +385,5 @@ def predict_patches(model: Any, patches_path: str | os.PathLike, batch_size: int
         bar.close()
     if not np.isfinite(scores).all():
         raise WsiheatError(f"{path}: the model produced NaN or infinite scores")
-    return {"scores": scores, "labels": labels, "slide_ids": slide_ids, "slides": slides, "centers": centers}
+    return {"scores": scores, "labels": labels, "slide_ids": slide_ids, "slides": slides, "centers": centers,
+            "stain": None if stain is None else stain.record()}
