@@ -37,4 +37,9 @@ class StainError(WsiheatError):
     """Stain normalisation that cannot be fitted or applied (no tissue, no colour, another normaliser's target)."""
 
 
-__all__ = ["WsiheatError", "SlideError", "GroundTruthError", "PatchFileError", "ModelError", "StainError"]
+class NoStainedTissueError(StainError):
+    """Too few stained pixels to fit a stain normaliser on (the image or slide is left unnormalised)."""
+
+
+__all__ = ["WsiheatError", "SlideError", "GroundTruthError", "PatchFileError", "ModelError", "StainError",
+           "NoStainedTissueError"]

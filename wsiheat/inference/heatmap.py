@@ -46,9 +46,11 @@ from wsiheat.inference.predict import (
     tiles_of_cells,
     tissue_cells,
 )
+from wsiheat.inference.stain import fit_slide
 from wsiheat.postprocess.lesions import postprocess, slide_scores
 from wsiheat.postprocess.scores import registered_scores
 from wsiheat.wsi.slide import Slide
+from wsiheat.wsi.stain import normalizer_from_dict
 
 
 class HeatmapWarning(UserWarning):
@@ -166,6 +168,12 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
                 warns.append(f"the lesion scorer was fitted on heatmaps of {', '.join(sorted(fitted_on))}, not "
                              f"{Path(str(model_path)).name}: refit it for this model (evaluate fit-scorer)")
         centers0 = grid.centers(rows, cols)
+        stain = None
+        normalizer = normalizer_from_dict(metadata.get("stain"), str(model_path or "model"))
+        if normalizer is not None:  # one fit per slide, the same map for every tile: no seams
+            stain = fit_slide(normalizer, slide, spec, centers0)
+            if stain.why_not:
+                warns.append(f"{slide.path}: stain normalisation not fitted ({stain.why_not}); windows left as they are")
         tile_cells = max(1, (block - spec.window) // spec.stride + 1)
         tiles = tiles_of_cells(rows, cols, tile_cells)
         bar = None
@@ -176,11 +184,14 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
         t_model = time.perf_counter()
         try:
             probs = predict_cells(slide, spec, centers0, tiles, predict, batch_size, readers,
-                                  bar.update if bar else None)
+                                  bar.update if bar else None, transform=stain)
         finally:
             if bar:
                 bar.close()
         infer_seconds = time.perf_counter() - t_model
+        if stain is not None and stain.unnormalised and not stain.why_not:
+            warns.append(f"{slide.path}: stain normalisation failed on {stain.unnormalised} window(s); "
+                         f"they were scored as they are")
         prob = np.zeros((grid.n_rows, grid.n_cols), np.float32)
         prob[rows, cols] = probs
         cell0 = spec.cell0
@@ -220,6 +231,7 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
         "lesion_scorer": "" if lesion_scorer is None else json.dumps(lesion_scorer.to_dict(), default=str),
         "precision": precision,
         "backend": backend,
+        "stain": "" if stain is None else json.dumps(stain.record()),
         "wsiheat_version": __version__,
     }
     seconds = time.perf_counter() - t_start
@@ -251,6 +263,7 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
                                                         "towers", "class_names", "training_data",
                                                         "wsiheat_version") if k in metadata},
         "wsiheat_version": __version__,
+        "stain": None if stain is None else stain.record(),
         "outputs": None,  # filled in by Heatmap.save
         "warnings": warns,
     }

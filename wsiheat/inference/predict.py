@@ -221,7 +221,8 @@ def _shared_cache(slide: Slide):
 
 def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: list[np.ndarray],
                   predict: Callable[[np.ndarray], np.ndarray], batch_size: int, workers: int = 2,
-                  progress: Callable[[int], None] | None = None, own_handles: bool = False) -> np.ndarray:
+                  progress: Callable[[int], None] | None = None, own_handles: bool = False,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Probabilities of windows centred on ``centers0``, read tile by tile in background threads.
 
     Parameters
@@ -243,6 +244,9 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
         its first tile; all handles share one tile cache) instead of all
         sharing ``slide``; measured no faster on 2 cores (docs/benchmarks.md,
         reader ceiling), so off by default.
+    transform : callable, optional
+        Applied to each tile's windows in the reader thread, before the model
+        (the slide's stain normalisation, :class:`wsiheat.inference.stain.WindowStain`).
 
     Returns
     -------
@@ -272,7 +276,8 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
                     s._osr.set_cache(cache)
                 with lock:
                     opened.append(s)
-        return read_windows(s, spec, centers0[idx], None)
+        windows = read_windows(s, spec, centers0[idx], None)
+        return windows if transform is None else transform(windows)
 
     def submit_next() -> None:
         idx = next(tile_iter, None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsiheat.errors import StainError
+from wsiheat.errors import NoStainedTissueError, StainError
 
 OD_BACKGROUND = 0.15
 """A pixel is stained tissue when every channel's optical density is at least this (Macenko et al. 2009)."""
@@ -52,21 +52,37 @@ def tissue_pixels(images: np.ndarray, what: str = "image") -> np.ndarray:
 
     Raises
     ------
+    NoStainedTissueError
+        Fewer than :data:`MIN_TISSUE_PIXELS` stained pixels.
     StainError
-        Fewer than :data:`MIN_TISSUE_PIXELS` stained pixels, or grayscale.
+        Grayscale.
     """
     px = np.asarray(images, np.uint8).reshape(-1, 3)
     od = optical_density(px)
     keep = (od.min(axis=1) >= OD_BACKGROUND) & (od.max(axis=1) <= OD_BLACK)
     n = int(keep.sum())
     if n < MIN_TISSUE_PIXELS:
-        raise StainError(f"{what}: no tissue to fit a stain normaliser on ({n} stained pixels of {len(px)})")
-    tod = od[keep]
-    spread = float(np.median((tod.max(axis=1) - tod.min(axis=1)) / tod.mean(axis=1)))
+        raise NoStainedTissueError(f"{what}: no tissue to fit a stain normaliser on ({n} stained pixels of {len(px)})")
+    check_colour(od[keep], what)
+    return px[keep]
+
+
+def check_colour(od: np.ndarray, what: str = "image") -> None:
+    """Raise :class:`StainError` when the optical densities ``(N, 3)`` of stained pixels carry no colour."""
+    od = np.asarray(od, np.float32).reshape(-1, 3)
+    if not len(od):
+        return
+    spread = float(np.median((od.max(axis=1) - od.min(axis=1)) / np.maximum(od.mean(axis=1), 1e-6)))
     if spread < MIN_COLOUR:
         raise StainError(f"{what}: grayscale (median colour spread {spread:.3f}); stain normalisation needs "
                          f"colour H&E")
-    return px[keep]
+
+
+def check_slide_colour(rgb: np.ndarray, what: str = "slide") -> None:
+    """Raise :class:`StainError` when an overview image (a thumbnail) has no colour in its non-background
+    pixels (mean optical density of at least :data:`OD_BACKGROUND`)."""
+    od = optical_density(np.asarray(rgb, np.uint8).reshape(-1, 3))
+    check_colour(od[(od.mean(axis=1) >= OD_BACKGROUND) & (od.max(axis=1) <= OD_BLACK)], what)
 
 
 class StainNormalizer:

@@ -62,5 +62,9 @@ class Macenko(StainNormalizer):
         return (np.linalg.pinv(s_stains) * ratio) @ t_stains
 
     def map_pixels(self, pixels: np.ndarray, source: dict) -> np.ndarray:
-        m = self.matrix(source).astype(np.float32)
+        with np.errstate(all="ignore"):
+            m = self.matrix(source)
+        if not np.isfinite(m).all():
+            raise StainError(f"{self.name}: degenerate source statistics (no finite map)")
+        m = m.astype(np.float32)
         return from_optical_density(optical_density(pixels) @ m)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wsiheat.errors import StainError
 from wsiheat.wsi.stain.base import StainNormalizer
 
 
@@ -34,6 +35,9 @@ class Reinhard(StainNormalizer):
 
     def map_pixels(self, pixels: np.ndarray, source: dict) -> np.ndarray:
         t, s = self.target, source
-        scale = np.asarray(t["std"], np.float32) / np.asarray(s["std"], np.float32)
-        shift = np.asarray(t["mean"], np.float32) - np.asarray(s["mean"], np.float32) * scale
+        with np.errstate(all="ignore"):
+            scale = np.asarray(t["std"], np.float32) / np.asarray(s["std"], np.float32)
+            shift = np.asarray(t["mean"], np.float32) - np.asarray(s["mean"], np.float32) * scale
+        if not (np.isfinite(scale).all() and np.isfinite(shift).all()):
+            raise StainError(f"{self.name}: degenerate source statistics (no finite map)")
         return lab_to_rgb(rgb_to_lab(pixels) * scale + shift)
