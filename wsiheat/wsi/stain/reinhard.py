@@ -1,11 +1,18 @@
-"""Reinhard et al. 2001 colour transfer: match the mean and spread of each CIELAB channel."""
+"""Reinhard et al. 2001 colour transfer: match the mean and spread of each CIELAB channel.
+
+The statistics come from stained pixels only, and the map is blended out
+towards the background (pixels with mean optical density below
+:data:`~wsiheat.wsi.stain.base.OD_BACKGROUND`, fading from half of it) so white
+glass stays white instead of taking the tissue's shift. The blend weight
+depends on the pixel alone, so the map is still the same for every tile.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from wsiheat.errors import StainError
-from wsiheat.wsi.stain.base import StainNormalizer
+from wsiheat.wsi.stain.base import OD_BACKGROUND, StainNormalizer, optical_density
 
 
 def rgb_to_lab(pixels: np.ndarray) -> np.ndarray:
@@ -40,4 +47,8 @@ class Reinhard(StainNormalizer):
             shift = np.asarray(t["mean"], np.float32) - np.asarray(s["mean"], np.float32) * scale
         if not (np.isfinite(scale).all() and np.isfinite(shift).all()):
             raise StainError(f"{self.name}: degenerate source statistics (no finite map)")
-        return lab_to_rgb(rgb_to_lab(pixels) * scale + shift)
+        lab = rgb_to_lab(pixels)
+        mapped = lab_to_rgb(lab * scale + shift).astype(np.float32)
+        od = optical_density(pixels).mean(axis=1, keepdims=True)
+        w = np.clip((od - 0.5 * OD_BACKGROUND) / (0.5 * OD_BACKGROUND), 0.0, 1.0)
+        return np.clip(np.rint(w * mapped + (1.0 - w) * pixels), 0, 255).astype(np.uint8)
