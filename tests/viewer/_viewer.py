@@ -13,6 +13,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 MOSAICS = REPO / "data" / "mosaics" / "test"
+#: the embedded real H&E slide (Carnegie Mellon's CMU-1 small region, 2220 x 2967, one level)
+CMU_SVS = REPO / "data" / "slides" / "cmu-1-small-region.svs"
+#: the stain-normalised and the plain result of :func:`make_stain_results`
+STAIN_NAMES = ("he_stain", "he_plain")
 SLIDE_NAMES = ("test_normal_001", "test_tumor_001", "test_tumor_002", "test_tumor_003")
 INSTALL_HINT = ("install them: sudo apt-get update && sudo apt-get install -y chromium chromium-driver "
                 "(and pip install selenium); .ci/run does this")
@@ -55,6 +59,54 @@ def make_results(out: Path, slides: list[Path], model_dir: Path) -> dict[str, di
                                     model_path=str(path))
             summaries[r["name"]] = r
     return summaries
+
+
+def he_region() -> np.ndarray:
+    """A 1280 x 1024 px box of the real H&E slide, tissue and background (RGB uint8)."""
+    import openslide
+
+    with openslide.OpenSlide(str(CMU_SVS)) as s:
+        return np.asarray(s.read_region((512, 1280), 0, (1280, 1024)).convert("RGB"))
+
+
+def hed_shift(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
+    """Another lab's staining: H and E concentrations scaled (scikit-image's colour deconvolution)."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(rgb)
+    hed[..., 0] *= h
+    hed[..., 1] *= e
+    return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
+
+
+def make_stain_results(out: Path, work: Path) -> Path:
+    """Real heatmaps of a pyramid TIFF of the real H&E region, into ``out``, by :func:`dark_model`:
+
+    * ``he_stain``: the model carries a Macenko stain record whose target is another lab's
+      staining (the region with H x 0.5, E x 2), so the normalised slide differs clearly;
+    * ``he_plain``: the same model without a stain record (same slide).
+
+    Returns the slide's path.
+    """
+    from _tiff import write_pyramid_tiff
+
+    from wsiheat.inference.heatmap import heatmap_slide
+    from wsiheat.models.model import load_model, save_model
+    from wsiheat.wsi.stain import get_normalizer
+
+    rgb = he_region()
+    slide = work / "he.tif"
+    write_pyramid_tiff(slide, rgb, 3, mpp=0.5)
+    target = get_normalizer("macenko").fit(hed_shift(rgb, 0.5, 2.0)[::2, ::2], "reference")
+    meta = {"window": 80, "center": 50, "stride": 50, "downsamples": [1.0], "towers": 1, "levels": [None]}
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, extra in (("he_stain", {"stain": target.to_dict()}), ("he_plain", {})):
+            path = save_model(dark_model(), work / f"{name}.keras", {**meta, **extra})
+            model, m = load_model(path)
+            heatmap_slide(slide, model, m, out, name=name, batch_size=64, lesion_threshold=0.4, model_path=str(path))
+    return slide
 
 
 def http_get(url: str, timeout: float = 30) -> tuple[int, bytes, dict]:

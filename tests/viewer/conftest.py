@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _viewer import INSTALL_HINT, MOSAICS, SLIDE_NAMES, make_results
+from _viewer import INSTALL_HINT, MOSAICS, SLIDE_NAMES, make_results, make_stain_results
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +37,25 @@ def server(results):
 
     catalog = build_catalog(results, manifest=MOSAICS / "manifest.csv")
     srv = ViewerServer(create_app(catalog), "127.0.0.1", 0).start()
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stain_results(tmp_path_factory) -> Path:
+    """A results folder: real heatmaps of the real H&E region, with and without a Macenko stain record."""
+    d = tmp_path_factory.mktemp("viewer_stain")
+    make_stain_results(d / "results", d)
+    return d / "results"
+
+
+@pytest.fixture(scope="session")
+def stain_server(stain_results):
+    """The real viewer server over :func:`stain_results`."""
+    from wsiheat.viewer.catalog import build_catalog
+    from wsiheat.viewer.server import ViewerServer, create_app
+
+    srv = ViewerServer(create_app(build_catalog(stain_results)), "127.0.0.1", 0).start()
     yield srv
     srv.shutdown()
 

@@ -183,3 +183,57 @@ def test_keyboard_moves_between_candidates_and_slides(browser, server, scores):
     wait_for(lambda: browser.current_url.endswith(f"slides/{order[1]}.html"), 30, "the next slide")
     browser.find_element(By.TAG_NAME, "body").send_keys("[")
     wait_for(lambda: browser.current_url.endswith(f"slides/{order[0]}.html"), 30, "the previous slide")
+
+
+_LAYERS = ("var v = window.wsiheatViewer, st = window.wsiheatState, out = [];"
+           "for (var i = 0; i < v.world.getItemCount(); i++) { var it = v.world.getItemAt(i);"
+           " out.push({url: it.source.getTileUrl(0, 0, 0), opacity: it.getOpacity(), heatmap: it === st.heatmap}); }"
+           "return out;")
+
+
+def _tile_urls(browser, kind: str) -> list[str]:
+    return browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(u => u.includes(arguments[0]))",
+        f"/{kind}/")
+
+
+def test_stain_toggle_swaps_the_slide_layer(browser, stain_server):
+    """Only a slide the heatmap stain-normalised has the toggle; it shows ``stain_files`` tiles under the heatmap."""
+    open_slide(browser, stain_server, "he_plain")
+    assert not browser.find_elements(By.ID, "stain-normalised") and not browser.find_elements(By.ID, "slide-stain")
+    open_slide(browser, stain_server, "he_stain")
+    assert "macenko" in browser.find_element(By.ID, "slide-stain").text
+    box = browser.find_element(By.ID, "stain-normalised")
+    assert "as the model saw it" in box.find_element(By.XPATH, "..").text
+    wait_for(lambda: box.is_enabled(), 30, "the toggle enabled")
+    assert not box.is_selected() and not _tile_urls(browser, "stain_files")  # nothing fetched until asked
+    raw = shot(browser)
+    box.click()
+    wait_for(lambda: browser.execute_script("return window.wsiheatViewer.world.getItemCount()") == 3, 30,
+             "the stain layer")
+    settle(browser)
+    layers = browser.execute_script(_LAYERS)
+    # raw slide, stain-normalised slide above it, the heatmap still on top
+    assert ["/slide_files/" in layers[0]["url"], "/stain_files/" in layers[1]["url"], layers[2]["heatmap"]] == [
+        True, True, True], layers
+    assert layers[1]["opacity"] == 1 and layers[2]["opacity"] == 0.5
+    urls = _tile_urls(browser, "stain_files")
+    assert urls and all(u.endswith(".jpeg") for u in urls)
+    assert browser.execute_script("return window.wsiheatState.failedTiles") == 0
+    normed = shot(browser)
+    assert np.abs(normed - raw).mean() > 3, "the stain-normalised slide looks like the raw slide"
+    # off again: the raw slide as before, no new layer, the heatmap untouched
+    box.click()
+    settle(browser)
+    layers = browser.execute_script(_LAYERS)
+    assert len(layers) == 3 and layers[1]["opacity"] == 0 and layers[2]["opacity"] == 0.5
+    assert np.abs(shot(browser) - raw).mean() < 1.0
+    # the heatmap controls still act on the heatmap, above the stain layer
+    box.click()
+    browser.find_element(By.ID, "threshold").send_keys(Keys.END)
+    wait_for(lambda: browser.execute_script(
+        "return window.wsiheatState.heatmapReady && window.wsiheatState.threshold === 1"), 30, "the new heatmap")
+    settle(browser)
+    layers = browser.execute_script(_LAYERS)
+    assert len(layers) == 3 and "/stain_files/" in layers[1]["url"] and layers[1]["opacity"] == 1
+    assert layers[2]["heatmap"] and "thr=1.00" in layers[2]["url"]

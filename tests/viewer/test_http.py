@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _viewer import MOSAICS, REPO, SLIDE_NAMES, http_get
+from _viewer import MOSAICS, REPO, SLIDE_NAMES, he_region, http_get
 from PIL import Image
 
 from wsiheat.errors import WsiheatError
@@ -288,3 +288,95 @@ def test_real_svs_slides_serve_tiles(results, tmp_path):
             for level in (0, n // 2, n - 1):
                 s, body, _ = http_get(srv.url + f"slides/{svs.stem}/slide_files/{level}/0_0.jpeg")
                 assert s == 200 and decode(body).ndim == 3
+
+
+def _page_data(url: str) -> tuple[str, dict | None]:
+    status, page, _ = http_get(url)
+    assert status == 200
+    return page.decode(), json.loads(re.search(rb'id="slide-data">(.*?)</script>', page, re.DOTALL).group(1))
+
+
+def _blocks(rgb: np.ndarray) -> np.ndarray:
+    """Means of the 8 x 8 pixel blocks JPEG codes (what survives its quantisation and chroma subsampling)."""
+    h, w = rgb.shape[0] // 8 * 8, rgb.shape[1] // 8 * 8
+    return rgb[:h, :w].astype(np.float64).reshape(h // 8, 8, w // 8, 8, -1).mean(axis=(1, 3))
+
+
+def _jpeg_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference (grey levels) of two images at JPEG's tolerance: over 8 x 8 block means.
+
+    Per pixel, a JPEG (quality 80, 4:2:0) of real H&E is 6-8 grey levels off on average
+    (nuclei edges, subsampled chroma); its 8 x 8 block means are about 1 off."""
+    return float(np.abs(_blocks(a) - _blocks(b)).mean())
+
+
+def test_stain_tiles_are_the_slide_as_the_model_saw_it(stain_server, stain_results):
+    """``stain_files``: the raw tile mapped by the heatmap's own normaliser, target and slide source."""
+    from wsiheat.viewer.tiles import tile_bounds
+    from wsiheat.wsi.stain import normalizer_from_dict
+
+    record = json.loads((stain_results / "he_stain.json").read_text())["stain"]
+    assert record["method"] == "macenko" and record["source"] and record["fitted_on_windows"] == 64
+    norm = normalizer_from_dict(record)
+    page, data = _page_data(stain_server.url + "slides/he_stain.html")
+    assert data["stain"] == {"method": "macenko", "url": "he_stain/stain_files/", "format": "jpeg"}
+    assert 'id="stain-normalised"' in page and "stain: macenko, fitted on 64 tissue windows" in page
+    top = data["slide"]["maxLevel"]
+    rgb = he_region()  # the slide's level 0 (a lossless pyramid TIFF of it)
+    base = stain_server.url + "slides/he_stain/"
+    for level, col, row in ((top, 1, 1), (top, 4, 3), (top - 2, 0, 0)):
+        # the normalised tile first: the raw one after it must not come from its cache entry
+        s, body_n, h = http_get(base + f"stain_files/{level}/{col}_{row}.jpeg")
+        assert s == 200 and h["Content-Type"] == "image/jpeg"
+        s, body_r, _ = http_get(base + f"slide_files/{level}/{col}_{row}.jpeg")
+        assert s == 200
+        raw, normed = decode(body_r), decode(body_n)
+        assert raw.shape == normed.shape
+        assert _jpeg_diff(normed, norm.transform(raw, record["source"])) < 3, (level, col, row)
+        assert _jpeg_diff(normed, raw) > 8, (level, col, row)  # clearly another colour
+        assert http_get(base + f"stain_files/{level}/{col}_{row}.jpeg")[1] == body_n  # cached, the same
+        if level == top:  # and against the slide's own pixels, with no JPEG before the map
+            x0, y0, x1, y1 = tile_bounds((rgb.shape[1], rgb.shape[0]), col, row)
+            assert _jpeg_diff(raw, rgb[y0:y1, x0:x1]) < 3
+            assert _jpeg_diff(normed, norm.transform(rgb[y0:y1, x0:x1], record["source"])) < 3
+    # the same slide under a model without a stain record: no stain tiles, no toggle
+    page, data = _page_data(stain_server.url + "slides/he_plain.html")
+    assert data["stain"] is None and 'id="stain-normalised"' not in page and "slide-stain" not in page
+    assert http_get(stain_server.url + f"slides/he_plain/stain_files/{top}/1_1.jpeg")[0] == 404
+    assert http_get(stain_server.url + f"slides/he_plain/slide_files/{top}/1_1.jpeg")[0] == 200
+
+
+@pytest.mark.parametrize("path", [
+    "stain_files/99/0_0.jpeg", "stain_files/12/0_0.jpeg", "stain_files/11/6_0.jpeg", "stain_files/11/0_5.jpeg",
+    "stain_files/-1/0_0.jpeg", "stain_files/0/0_0.png", "stain_files/x/0_0.jpeg", "stain_files/0/0_0",
+])
+def test_bad_stain_tiles_are_404(stain_server, path):
+    status, body, _ = http_get(stain_server.url + "slides/he_stain/" + path)
+    assert status == 404, (path, status)
+    assert b"Traceback" not in body
+    assert http_get(stain_server.url + "slides/nope/stain_files/0/0_0.jpeg")[0] == 404
+    assert http_get(stain_server.url + "slides/test_tumor_001/stain_files/0/0_0.jpeg")[0] == 404
+
+
+def test_a_failing_stain_map_serves_the_raw_tile_and_no_source_no_toggle(stain_results, tmp_path):
+    """Degenerate source statistics: the tile as it is (never a 500); a record without a source: no layer."""
+    res = _copy_results(stain_results, tmp_path / "results")
+    record = json.loads((res / "he_stain.json").read_text())["stain"]
+    _edit_summary(res, "he_stain", stain={**record, "source": {**record["source"], "max_conc": [0.0, 0.0]}})
+    _edit_summary(res, "he_plain", stain={**record, "source": None, "fitted_on_windows": 64,
+                                          "not_fitted": "no tissue to fit a stain normaliser on"})
+    catalog = build_catalog(res)
+    with ViewerServer(create_app(catalog), "127.0.0.1", 0) as srv:
+        page, data = _page_data(srv.url + "slides/he_stain.html")
+        assert data["stain"]["method"] == "macenko" and 'id="stain-normalised"' in page
+        top = data["slide"]["maxLevel"]
+        for col, row in ((0, 0), (2, 1)):
+            s, body_n, _ = http_get(srv.url + f"slides/he_stain/stain_files/{top}/{col}_{row}.jpeg")
+            s_r, body_r, _ = http_get(srv.url + f"slides/he_stain/slide_files/{top}/{col}_{row}.jpeg")
+            assert s == s_r == 200 and body_n == body_r
+        layers = srv.app.extensions["wsiheat"]["layers"]
+        assert layers.stain(catalog.get("he_stain")).unnormalised == 2
+        page, data = _page_data(srv.url + "slides/he_plain.html")
+        assert data["stain"] is None and 'id="stain-normalised"' not in page
+        assert "stain: macenko, not fitted on this slide (no tissue to fit a stain normaliser on)" in page
+        assert http_get(srv.url + f"slides/he_plain/stain_files/{top}/0_0.jpeg")[0] == 404

@@ -52,6 +52,16 @@ def test_export_refuses_a_folder_with_files(results, tmp_path):
         export_static(build_catalog(results), tmp_path)
 
 
+def test_static_copy_names_the_stain_but_has_no_stain_layer(stain_results, tmp_path):
+    """The stain-normalised layer is the server's: a static copy names the normaliser, writes no ``stain_files``."""
+    stats = export_static(build_catalog(stain_results), tmp_path / "copy", slide_downsample=8)
+    assert sorted(stats["slides"]) == ["he_plain", "he_stain"]
+    page = (tmp_path / "copy" / "slides" / "he_stain.html").read_text()
+    assert "stain: macenko, fitted on 64 tissue windows" in page
+    assert 'id="stain-normalised"' not in page and '"stain":null' in page
+    assert not (tmp_path / "copy" / "slides" / "he_stain" / "stain_files").exists()
+
+
 def _check_slide_page(browser, url: str) -> None:
     browser.get(url)
     wait_for(lambda: browser.execute_script(

@@ -7,10 +7,10 @@ import io
 
 import numpy as np
 import pytest
-from _viewer import MOSAICS, REPO
+from _viewer import MOSAICS, REPO, he_region
 from PIL import Image
 
-from wsiheat.viewer.tiles import HeatmapLayer, SlideLayer, TileCache, TileNotFound, dz_level_dimensions, tile_bounds
+from wsiheat.viewer.tiles import HeatmapLayer, SlideLayer, StainMap, TileCache, TileNotFound, dz_level_dimensions, tile_bounds
 
 SLIDES = [MOSAICS / "test_tumor_001.tif", REPO / "data" / "slides" / "cmu-1-small-region.svs"]
 
@@ -69,3 +69,23 @@ def test_tile_cache_is_lru_and_bounded():
     assert cache.nbytes == 30 and len(cache) == 3
     cache.put("big", b"z" * 31)         # larger than the cache: not kept
     assert cache.get("big") is None and cache.nbytes == 30
+
+
+def test_stain_map_is_the_heatmaps_normaliser_with_the_slides_source():
+    from wsiheat.wsi.stain import get_normalizer
+
+    rgb = he_region()
+    norm = get_normalizer("macenko").fit(rgb[::4, ::4])
+    tile = rgb[:256, 256:512]
+    record = {**norm.to_dict(), "source": norm.source(rgb[512:, :512]), "fitted_on_windows": 64}
+    stain = StainMap.from_summary({"stain": record})
+    assert stain.method == "macenko"
+    assert np.array_equal(stain(tile), norm.transform(tile, record["source"]))
+    assert not np.array_equal(stain(tile), tile) and stain.unnormalised == 0
+    # nothing to show: no record, not fitted on the slide, not a record, an unknown normaliser
+    for summary in ({}, {"stain": None}, {"stain": {**record, "source": None}}, {"stain": "macenko"},
+                    {"stain": {**record, "method": "no-such-normaliser"}}, {"stain": {"source": record["source"]}}):
+        assert StainMap.from_summary(summary) is None, summary
+    # degenerate source statistics: the tile as it is, counted
+    bad = StainMap.from_summary({"stain": {**record, "source": {**record["source"], "max_conc": [0.0, 0.0]}}})
+    assert np.array_equal(bad(tile), tile) and bad.unnormalised == 1

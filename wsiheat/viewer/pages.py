@@ -3,7 +3,9 @@
 Every URL in a page is relative, so the same pages work under the server and
 from ``file://``: the index is ``index.html``, a slide page
 ``slides/KEY.html``, its tiles ``slides/KEY/slide_files/L/C_R.jpeg`` and
-``slides/KEY/heatmap_files/L/C_R.png``, the assets ``static/...``. The slide
+``slides/KEY/heatmap_files/L/C_R.png`` (and, under the server, for a slide
+whose heatmap applied a stain normalisation, ``slides/KEY/stain_files/L/C_R.jpeg``:
+the slide as the model saw it), the assets ``static/...``. The slide
 page carries its data (geometry, candidates, outlines) as JSON in the page:
 the browser fetches nothing but images.
 """
@@ -16,7 +18,7 @@ import math
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from wsiheat.viewer.catalog import Catalog, SlideEntry
-from wsiheat.viewer.tiles import COLORMAPS, OVERLAP, TILE_SIZE, HeatmapLayer, dz_level_dimensions
+from wsiheat.viewer.tiles import COLORMAPS, OVERLAP, TILE_SIZE, HeatmapLayer, StainMap, dz_level_dimensions
 
 _ENV = Environment(loader=PackageLoader("wsiheat.viewer", "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
@@ -45,6 +47,19 @@ def summary_line(catalog: Catalog) -> str:
     return " · ".join(parts)
 
 
+def stain_info(entry: SlideEntry) -> str:
+    """One line on the stain normalisation the heatmap applied to the slide ("" when none)."""
+    rec = entry.summary.get("stain")
+    if not isinstance(rec, dict) or not rec.get("method"):
+        return ""
+    method = str(rec["method"])
+    if not isinstance(rec.get("source"), dict):
+        why = rec.get("not_fitted")
+        return f"stain: {method}, not fitted on this slide" + (f" ({why})" if why else "")
+    n = rec.get("fitted_on_windows")
+    return f"stain: {method}" + (f", fitted on {n} tissue windows" if isinstance(n, int) and n > 0 else "")
+
+
 def render_index(catalog: Catalog, live: bool = True) -> str:
     """The index page: the triage list, highest score first."""
     rows = []
@@ -61,8 +76,12 @@ def render_index(catalog: Catalog, live: bool = True) -> str:
 
 
 def slide_data(catalog: Catalog, entry: SlideEntry, slide_layer, heatmap_layer: HeatmapLayer,
-               live: bool = True, slide_max_level: int | None = None) -> dict:
-    """The JSON a slide page carries (see ``static/viewer.js``)."""
+               live: bool = True, slide_max_level: int | None = None, stain: StainMap | None = None) -> dict:
+    """The JSON a slide page carries (see ``static/viewer.js``).
+
+    ``stain`` (the server's :meth:`~wsiheat.viewer.server.Layers.stain`) adds the
+    stain-normalised slide layer, same geometry as the slide layer, and its toggle.
+    """
     W, H = slide_layer.width, slide_layer.height
     prev_key, next_key = catalog.neighbours(entry.key)
     full = len(dz_level_dimensions(W, H)) - 1
@@ -74,6 +93,8 @@ def slide_data(catalog: Catalog, entry: SlideEntry, slide_layer, heatmap_layer: 
         "score": entry.score if math.isfinite(entry.score) else None,
         "slide": {"width": sw, "height": sh, "tileSize": TILE_SIZE, "overlap": OVERLAP, "maxLevel": full - k,
                   "vpWidth": sw * 2 ** k / W, "url": f"{entry.key}/slide_files/", "format": "jpeg"},
+        "stain": None if stain is None else {"method": stain.method, "url": f"{entry.key}/stain_files/",
+                                             "format": "jpeg"},
         "heatmap": {"width": heatmap_layer.width, "height": heatmap_layer.height, "tileSize": TILE_SIZE,
                     "overlap": OVERLAP, "maxLevel": heatmap_layer.level_count - 1,
                     "url": f"{entry.key}/heatmap_files/", "format": "png",
@@ -93,5 +114,6 @@ def render_slide(catalog: Catalog, entry: SlideEntry, data: dict | None, live: b
     text = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c") if data is not None else "null"
     return _ENV.get_template("slide.html").render(
         title=f"{entry.name} · wsiheat", entry=entry, score_text=_fmt(entry.score), data_json=text,
+        stain_info=stain_info(entry), stain_toggle=bool(data and data.get("stain")),
         problem=entry.problem, prev_key=prev_key, next_key=next_key, live=live,
         label={1: "tumor", 0: "normal"}.get(entry.label, ""))

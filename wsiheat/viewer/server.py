@@ -12,7 +12,10 @@ Security rules:
   catalog, static assets in a table read from the package at start-up;
   anything else is 404 (no directory listing, no ``send_from_directory``);
 * tile levels, columns and rows are checked against the pyramid (404 when out
-  of range), colormap and threshold against their allowed values.
+  of range), colormap and threshold against their allowed values;
+* stain-normalised slide tiles (``stain_files``) exist only for slides whose
+  heatmap applied a fitted stain normalisation (404 otherwise); a tile the
+  map fails on is served as it is, never as an error.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from flask import Flask, Response, abort, request
 from wsiheat.errors import WsiheatError
 from wsiheat.viewer.catalog import Catalog, SlideEntry
 from wsiheat.viewer.pages import render_index, render_slide, slide_data
-from wsiheat.viewer.tiles import COLORMAPS, HeatmapLayer, SlideLayer, TileCache, TileNotFound, colormap_lut
+from wsiheat.viewer.tiles import COLORMAPS, HeatmapLayer, SlideLayer, StainMap, TileCache, TileNotFound, colormap_lut
 
 #: content types of the static assets by suffix
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".png": "image/png",
@@ -81,6 +84,7 @@ class Layers:
         self.max_open = max_open
         self._slides: dict[str, SlideLayer] = {}
         self._heatmaps: dict[str, HeatmapLayer] = {}
+        self._stains: dict[str, StainMap | None] = {}
         self._thumbs: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._opening: dict[str, threading.Lock] = {}
@@ -116,6 +120,14 @@ class Layers:
                     layer = self._heatmaps[entry.key] = HeatmapLayer(hm.probabilities, hm.tissue, hm.cell_size,
                                                                      hm.origin)
         return layer
+
+    def stain(self, entry: SlideEntry) -> StainMap | None:
+        """The stain normalisation the heatmap applied to an entry's slide, None when it applied none."""
+        if entry.key not in self._stains:
+            with self._key_lock(entry.key):
+                if entry.key not in self._stains:
+                    self._stains[entry.key] = StainMap.from_summary(entry.summary, entry.name)
+        return self._stains[entry.key]
 
     def thumbnail(self, entry: SlideEntry) -> bytes | None:
         """PNG thumbnail of the heatmap over the slide (from ``NAME_overlay.png``), None without one."""
@@ -228,7 +240,8 @@ def create_app(catalog: Catalog, cache_bytes: int = 256 << 20) -> Flask:
         data = None
         if entry.problem is None:
             try:
-                data = slide_data(catalog, entry, layers.slide(entry), layers.heatmap(entry), live=True)
+                data = slide_data(catalog, entry, layers.slide(entry), layers.heatmap(entry), live=True,
+                                  stain=layers.stain(entry))
             except WsiheatError as exc:
                 entry.problem = str(exc)
         return Response(render_slide(catalog, entry, data, live=True), mimetype="text/html")
@@ -248,6 +261,16 @@ def create_app(catalog: Catalog, cache_bytes: int = 256 << 20) -> Flask:
     def slide_tile(key: str, level: int, col: int, row: int) -> Response:
         layer = layers.slide(entry_or_404(key))
         return cached((key, "s", level, col, row), lambda: layer.tile(level, col, row), "image/jpeg")
+
+    @app.get("/slides/<key>/stain_files/<int:level>/<int:col>_<int:row>.jpeg")
+    def stain_tile(key: str, level: int, col: int, row: int) -> Response:
+        # the slide as the model saw it: the same normaliser, target and per-slide source as the heatmap
+        entry = entry_or_404(key)
+        stain = layers.stain(entry)
+        if stain is None:
+            abort(404)
+        layer = layers.slide(entry)
+        return cached((key, "n", level, col, row), lambda: layer.tile(level, col, row, stain), "image/jpeg")
 
     @app.get("/slides/<key>/heatmap_files/<int:level>/<int:col>_<int:row>.png")
     def heatmap_tile(key: str, level: int, col: int, row: int) -> Response:

@@ -7,6 +7,8 @@ inner edge.
 
 * The **slide** layer comes from :class:`openslide.deepzoom.DeepZoomGenerator`
   (``limit_bounds=False``, so deep-zoom pixels are level-0 pixels scaled).
+* The **stain** layer is the slide layer with each tile mapped by the slide's
+  stain normalisation (:class:`StainMap`): the slide as the model saw it.
 * The **heatmap** layer is an image of ``PX_PER_CELL`` pixels per heatmap
   cell (``n_cols * P x n_rows * P``), anchored at the heatmap origin; in
   OpenSeadragon it is placed over the slide with width ``n_cols * cell / W``
@@ -27,8 +29,14 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from wsiheat.errors import StainError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Deep Zoom tile side and overlap (254 + 2 = 256 px tiles, as openslide's examples)
 TILE_SIZE, OVERLAP = 254, 1
@@ -233,8 +241,8 @@ class SlideLayer:
             self._images[level] = img
             return img
 
-    def tile(self, level: int, col: int, row: int) -> bytes:
-        """One JPEG tile.
+    def image(self, level: int, col: int, row: int) -> Image.Image:
+        """One tile as an RGB Pillow image (before JPEG encoding).
 
         Raises
         ------
@@ -249,8 +257,23 @@ class SlideLayer:
         else:
             with self._lock:
                 img = self._read_tile(level, col, row)
+        return img.convert("RGB")
+
+    def tile(self, level: int, col: int, row: int, stain: StainMap | None = None) -> bytes:
+        """One JPEG tile, mapped by ``stain`` when given (the slide as the model saw it).
+
+        Raises
+        ------
+        TileNotFound
+            Level, column or row out of range.
+        """
+        img = self.image(level, col, row)
+        if stain is not None:
+            from PIL import Image
+
+            img = Image.fromarray(stain(np.asarray(img)), "RGB")
         buf = io.BytesIO()
-        img.convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
+        img.save(buf, "JPEG", quality=JPEG_QUALITY)
         return buf.getvalue()
 
     def _read_tile(self, level: int, col: int, row: int):
@@ -282,6 +305,62 @@ class SlideLayer:
         """Close the slide."""
         self.osr.close()
         self._images.clear()
+
+
+class StainMap:
+    """A slide's stain normalisation as ``wsiheat heatmap`` applied it: the model's normaliser and
+    target with the source fitted on that slide (its summary's ``stain`` record).
+
+    Nothing is refitted: every tile goes through the same pixel-wise map, so
+    neighbouring tiles cannot disagree. A tile the map fails on (degenerate
+    source statistics) is returned as it is and counted in :attr:`unnormalised`.
+
+    Parameters
+    ----------
+    record : dict
+        ``{"method": ..., "target": {...}, "source": {...}, ...}`` (``NAME.json``'s ``stain``).
+    what : str
+        Named in errors.
+
+    Raises
+    ------
+    wsiheat.errors.StainError
+        Not a normaliser record, an unknown method, or no fitted source.
+    """
+
+    def __init__(self, record: dict, what: str = "slide") -> None:
+        from wsiheat.wsi.stain import normalizer_from_dict
+
+        self.normalizer = normalizer_from_dict(record, what)
+        if self.normalizer is None:
+            raise StainError(f"{what}: no stain normaliser record")
+        source = record.get("source")
+        if not isinstance(source, dict) or not source:
+            raise StainError(f"{what}: the stain normaliser was not fitted on this slide")
+        self.method = self.normalizer.name
+        self.source = dict(source)
+        self.unnormalised = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_summary(cls, summary: dict, what: str = "slide") -> StainMap | None:
+        """The map of a slide summary, or None when it has no usable record (no normaliser, no source)."""
+        record = summary.get("stain") if isinstance(summary, dict) else None
+        if not isinstance(record, dict):
+            return None
+        try:
+            return cls(record, what)
+        except StainError:
+            return None
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Map uint8 RGB pixels ``(..., 3)``; unchanged (and counted) when the map fails."""
+        try:
+            return self.normalizer.transform(rgb, self.source)
+        except (StainError, ValueError, ArithmeticError, KeyError, TypeError, np.linalg.LinAlgError):
+            with self._lock:
+                self.unnormalised += 1
+            return np.asarray(rgb, np.uint8)
 
 
 _LUTS: dict[str, np.ndarray] = {}

@@ -1,5 +1,6 @@
 /* wsiheat slide page: OpenSeadragon deep zoom of the slide, the heatmap as an aligned
-   second layer, lesion candidates, ground-truth outlines, scale bar, keyboard.
+   second layer, lesion candidates, ground-truth outlines, scale bar, keyboard; for a slide
+   the heatmap stain-normalised, the normalised slide as a layer between the two.
    Data come from the page's JSON (#slide-data); only tiles are loaded. */
 (function () {
   "use strict";
@@ -40,15 +41,48 @@
   function addHeatmap() {
     var r = D.heatmap.rect;
     var old = state.heatmap;
+    // replace the heatmap where it is (on top: above the stain layer when there is one)
+    var at = old ? viewer.world.getIndexOfItem(old) : -1;
     viewer.addTiledImage({
       tileSource: source(D.heatmap, heatmapQuery()), x: r.x, y: r.y, width: r.width,
       opacity: document.getElementById("show-heatmap").checked ? state.opacity : 0,
-      index: 1, replace: !!old,
+      index: at >= 0 ? at : 1, replace: at >= 0,
       success: function (ev) { state.heatmap = ev.item; state.heatmapReady = false;
         ev.item.addOnceHandler("fully-loaded-change", function () { state.heatmapReady = true; }); }
     });
   }
   viewer.addOnceHandler("open", addHeatmap);
+
+  // -- the slide as the model saw it: stain-normalised tiles, same geometry as the slide layer,
+  // added on first use just above the raw slide (below the heatmap); the raw slide stays under it,
+  // so switching back is immediate and switching on shows the raw slide until the tiles arrive
+  var stainBox = document.getElementById("stain-normalised");
+  function showStain(on) {
+    state.stainOn = on;
+    if (state.stain) { state.stain.setOpacity(on ? 1 : 0); return; }
+    if (!on || state.stainAdding) return;
+    state.stainAdding = true;
+    var layer = {};
+    Object.keys(D.slide).forEach(function (k) { layer[k] = D.slide[k]; });
+    layer.url = D.stain.url; layer.format = D.stain.format;
+    viewer.addTiledImage({
+      tileSource: source(layer), x: 0, y: 0, width: D.slide.vpWidth,
+      index: viewer.world.getIndexOfItem(state.slide) + 1,
+      success: function (ev) {
+        state.stain = ev.item; state.stainAdding = false;
+        ev.item.setOpacity(state.stainOn ? 1 : 0);
+      },
+      error: function () { state.stainAdding = false; }
+    });
+  }
+  if (stainBox && D.stain) {
+    viewer.addOnceHandler("open", function () {
+      state.slide = viewer.world.getItemAt(0);
+      stainBox.disabled = false;
+      if (stainBox.checked) showStain(true);
+    });
+    stainBox.addEventListener("change", function () { showStain(stainBox.checked); });
+  }
 
   // -- controls ---------------------------------------------------------------------
   var cmapSel = document.getElementById("colormap");
