@@ -202,3 +202,35 @@ def test_registered_slide_score_reaches_json_and_evaluation(tiny_model_path, tmp
         scores.unregister("p95")
     with pytest.raises(wsiheat.WsiheatError, match="'p95': choose one of"):
         wsiheat.evaluate_slides(out, tmp_path / "eval2", reference=DATA / "test" / "labels.csv", score="p95")
+
+
+def test_registered_stain_normalizer_is_trained_with_and_applied_at_inference(tmp_path):
+    """A new normaliser (per-channel RGB means of stained pixels) through train, the model and heatmap."""
+    from wsiheat.wsi.stain import _REGISTRY
+
+    @wsiheat.register_stain_normalizer
+    class ChannelMeans(wsiheat.StainNormalizer):
+        name = "channel-means"
+
+        def stats(self, pixels):
+            return {"mean": pixels.reshape(-1, 3).mean(axis=0).tolist()}
+
+        def map_pixels(self, pixels, source):
+            shift = np.asarray(self.target["mean"]) - np.asarray(source["mean"])
+            return np.clip(np.rint(pixels + shift), 0, 255).astype(np.uint8)
+
+    try:
+        for name in ("train_tumor_001", "train_tumor_002"):
+            wsiheat.extract(DATA / "train" / f"{name}.tif", DATA / "train" / f"{name}_mask.tif", tmp_path / f"{name}.h5",
+                            levels=(1,), stride=100)
+        s = wsiheat.train(tmp_path / "train_tumor_001.h5", tmp_path / "m.keras", val=tmp_path / "train_tumor_002.h5",
+                          backbone="tiny", weights="none", epochs=1, steps_per_epoch=1, batch_size=8,
+                          stain_normalize="channel-means")
+        assert s["stain"]["method"] == "channel-means"
+        hm = wsiheat.HeatmapModel.load(tmp_path / "m.keras", backend="tensorflow").predict_slide(
+            DATA / "test" / "test_tumor_001.tif")
+        assert hm.summary["stain"]["method"] == "channel-means" and len(hm.summary["stain"]["source"]["mean"]) == 3
+    finally:
+        _REGISTRY.pop("channel-means", None)
+    with pytest.raises(wsiheat.StainError, match="'channel-means': choose one of"):
+        wsiheat.get_stain_normalizer("channel-means")

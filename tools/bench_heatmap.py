@@ -22,6 +22,12 @@ synthetic pyramidal TIFF):
   split over one ``AsyncInferQueue`` request per stream), ``openvino-bf16-sync``
   (one synchronous request, ``LATENCY`` hint), ``openvino-bf16-async2`` (2
   requests), ``-nopin`` (``ENABLE_CPU_PINNING=NO``), ``-t1`` (1 thread);
+* **stain normalisation** (``--stain-normalize reinhard,macenko,vahadane``):
+  end to end for each backend with the model's metadata asking for that
+  normaliser (target fitted on the embedded CMU H&E slide; the slide's source
+  fitted once per call on 64 tissue windows, outside the timed pipeline, and
+  reported in the call seconds), and its ratio to the same backend without
+  normalisation (paired per round); goal >= 0.8;
 * **reader ceiling** (``--readers 1,2,4``): the same pipeline with a *null
   model* (a function that returns at once) against *raw decode* (N threads,
   each with its own OpenSlide handle, reading the same regions with
@@ -276,6 +282,7 @@ def main() -> None:
     ap.add_argument("--no-ceiling", action="store_true", help="skip the null-model / raw-decode variants")
     ap.add_argument("--slides", default="tcga,synthetic", help="tcga, synthetic or both")
     ap.add_argument("--json", type=Path, default=None, help="also write the tables here (tools/gpu_check.sh)")
+    ap.add_argument("--stain-normalize", default="", help="comma-separated normalisers to time end to end")
     args = ap.parse_args()
 
     import os
@@ -319,7 +326,16 @@ def main() -> None:
             print(f"wrote {syn} ({syn.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s")
         cases.append((f"synthetic {args.synthetic_size} {args.synthetic_compression}", syn, [2.0, 4.0]))
 
-    rows, ceiling = [], []
+    stains = {}
+    for name in [n.strip() for n in args.stain_normalize.split(",") if n.strip()]:
+        import openslide
+
+        from wsiheat.wsi.stain import get_normalizer
+
+        with openslide.OpenSlide(str(ROOT / "data" / "slides" / "cmu-1-small-region.svs")) as o:
+            ref = np.asarray(o.read_region((0, 0), 0, o.dimensions).convert("RGB"))[::2, ::2]
+        stains[name] = get_normalizer(name).fit(ref, "cmu-1-small-region.svs").to_dict()
+    rows, ceiling, stain_rows = [], [], []
     for label, path, ds in cases:
         meta = {"window": 80, "center": 50, "stride": 50, "downsamples": ds, "towers": 2, "levels": [None, None]}
         spec = spec_from_metadata(meta)
@@ -348,6 +364,11 @@ def main() -> None:
                 res.setdefault((b, "e2e"), []).append(summ["patches_per_second"])
                 res.setdefault((b, "call"), []).append(summ["seconds"])
                 line.append(f"{b} e2e {res[b, 'e2e'][-1]:.1f} alone {res[b, 'alone'][-1]:.1f}")
+                for sn, rec in stains.items():
+                    summ = run_e2e(path, {**meta, "stain": rec}, out, predict, backend, prec, args, args.workers)
+                    res.setdefault((b, "stain", sn), []).append(summ["patches_per_second"])
+                    res.setdefault((b, "stain_call", sn), []).append(summ["seconds"])
+                    line.append(f"{b}+{sn} e2e {res[b, 'stain', sn][-1]:.1f}")
             for n in readers:
                 for key, own in (("null", False), ("null_own", True)):
                     with Slide(path) as s:
@@ -376,6 +397,10 @@ def main() -> None:
                 m["r_seed"] = med(e / a for e, a in zip(res[b, "e2e"], res["seed"]))
                 m["r_sb"] = med(e / a for e, a in zip(res[b, "e2e"], res["seed_batched"]))
             rows.append((label, n_tissue, b, f"{backend} {prec}", m))
+            for sn in stains:
+                stain_rows.append((label, b, sn, med(res[b, "stain", sn]),
+                                   med(x / y for x, y in zip(res[b, "stain", sn], res[b, "e2e"])),
+                                   med(res[b, "stain_call", sn]), m["call"]))
         for n in readers:
             ceiling.append((label, n, med(res["null", n]), med(res["null_own", n]), med(res["raw", n]),
                             med(a / b for a, b in zip(res["null", n], res["raw", n])),
@@ -393,6 +418,14 @@ def main() -> None:
         print("ratios are medians of per-round (paired) ratios; rates are medians over rounds")
         print(f"goals: e2e/alone >= 0.9; min/100k = minutes for a CAMELYON-size slide ({CAMELYON_WINDOWS} tissue "
               f"windows) at the end-to-end rate on this machine")
+    if stain_rows:
+        print(f"\nstain normalisation, machine: {lscpu_line()}")
+        print(f"{'slide':<24} {'variant':<22} {'normaliser':<10} {'e2e w/s':>8} {'vs none':>8} {'call s':>7} "
+              f"{'none call s':>11}")
+        for label, b, sn, e, r, call, call0 in stain_rows:
+            print(f"{label:<24} {b:<22} {sn:<10} {e:>8.1f} {r:>8.3f} {call:>7.1f} {call0:>11.1f}")
+        print("vs none: end-to-end windows/s with the normaliser over the same backend without (paired per round); "
+              "goal >= 0.8; call s includes the slide's one source fit")
     if ceiling:
         print(f"\nreader ceiling, machine: {lscpu_line()}")
         print(f"{'slide':<24} {'readers':>7} {'null-model w/s':>14} {'MPix/s':>7} {'raw decode w/s':>14} {'MPix/s':>7} "

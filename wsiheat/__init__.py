@@ -28,10 +28,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # errors
     "WsiheatError": "wsiheat.errors", "SlideError": "wsiheat.errors", "GroundTruthError": "wsiheat.errors",
-    "PatchFileError": "wsiheat.errors", "ModelError": "wsiheat.errors",
+    "PatchFileError": "wsiheat.errors", "ModelError": "wsiheat.errors", "StainError": "wsiheat.errors",
     # wsi
     "Slide": "wsiheat.wsi.slide", "open_slide": "wsiheat.wsi.slide", "tissue_mask": "wsiheat.wsi.tissue",
     "load_ground_truth": "wsiheat.wsi.annotations", "register_ground_truth_format": "wsiheat.wsi.annotations",
+    "StainNormalizer": "wsiheat.wsi.stain", "get_stain_normalizer": "wsiheat.wsi.stain",
+    "register_stain_normalizer": "wsiheat.wsi.stain",
     # patches
     "extract": "wsiheat.api", "import_patches": "wsiheat.patches.importing", "open_patches": "wsiheat.patches.store",
     "build_mosaic_set": "wsiheat.patches.mosaic",
@@ -46,7 +48,8 @@ _EXPORTS = {
     "evaluate_froc": "wsiheat.evaluation.reports",
 }
 _ALIASES = {"register_backbone": "register", "register_slide_score": "register",
-            "register_ground_truth_format": "register_format"}
+            "register_ground_truth_format": "register_format", "get_stain_normalizer": "get_normalizer",
+            "register_stain_normalizer": "register_normalizer"}
 
 __all__ = ["__version__", *_EXPORTS]
 
