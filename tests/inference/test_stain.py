@@ -129,3 +129,27 @@ def test_heatmap_records_the_fit_and_a_failing_map_leaves_windows_counted(slides
     assert np.array_equal(bad(w), w) and bad.unnormalised == 3
     good = WindowStain(norm, summary["stain"]["source"])
     assert not np.array_equal(good(w), w) and good.unnormalised == 0
+
+
+def test_predict_windows_with_the_slides_source_matches_the_heatmap(slides):
+    """The API's window prediction, given the slide's source, scores windows as the heatmap did."""
+    from wsiheat.errors import ModelError
+    from wsiheat.inference.engine import HeatmapModel
+    from wsiheat.inference.predict import spec_from_metadata
+    from wsiheat.patches.sampling import read_windows
+    from wsiheat.wsi.slide import Slide
+
+    engine = HeatmapModel.load(slides["macenko"], backend="tensorflow", batch_size=32)
+    hm = engine.predict_slide(slides["slide"])
+    rows, cols = np.nonzero(hm.tissue)
+    rows, cols = rows[:40], cols[:40]
+    with Slide(slides["slide"]) as s:
+        spec = spec_from_metadata(engine.metadata, s)
+        centers = (np.stack([cols, rows], 1) + 0.5) * hm.cell_size
+        windows = read_windows(s, spec, centers, None)
+    got = engine.predict_windows(windows, stain_source=hm.summary["stain"]["source"])
+    np.testing.assert_allclose(got, hm.probabilities[rows, cols], atol=1e-5)
+    assert np.abs(engine.predict_windows(windows) - got).max() > 1e-3  # raw windows score otherwise
+    plain = HeatmapModel.load(slides["plain"], backend="tensorflow")
+    with pytest.raises(ModelError, match="no stain normaliser"):
+        plain.predict_windows(windows, stain_source=hm.summary["stain"]["source"])

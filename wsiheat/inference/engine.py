@@ -137,13 +137,32 @@ class HeatmapModel:
         """The backend and precision in words: ``"openvino mixed_bfloat16 (backend auto: ...)"``."""
         return f"{self.backend} {self.precision}" + (f" ({self.reason})" if self.reason else "")
 
-    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
-        """Tumor probabilities of windows, uint8 ``(N, T, W, W, 3)`` -> float32 ``(N,)``."""
+    @property
+    def stain(self):
+        """The model's stain normaliser (:class:`wsiheat.wsi.stain.StainNormalizer`), or None."""
+        from wsiheat.wsi.stain import normalizer_from_dict
+
+        return normalizer_from_dict(self.metadata.get("stain"), self.path or "model")
+
+    def predict_windows(self, windows: np.ndarray, stain_source: dict | None = None) -> np.ndarray:
+        """Tumor probabilities of windows, uint8 ``(N, T, W, W, 3)`` -> float32 ``(N,)``.
+
+        Windows are taken as they are. For a model trained with stain
+        normalisation, give ``stain_source``: the statistics of the slide the
+        windows come from (``model.stain.source(sample_of_its_windows)``, or
+        ``Heatmap.summary["stain"]["source"]``), and they are normalised as in
+        training; :meth:`predict_slide` does all of that itself.
+        """
         x = np.asarray(windows)
         want = (self.spec.towers, self.spec.window, self.spec.window, 3)
         if x.ndim != 5 or x.shape[1:] != want or x.dtype != np.uint8:
             raise ModelError(f"windows of shape {x.shape} ({x.dtype}) do not fit the model: "
                              f"need uint8 (N, {', '.join(map(str, want))})")
+        if stain_source is not None:
+            norm = self.stain
+            if norm is None:
+                raise ModelError(f"{self.path or 'model'}: a stain source was given, but the model has no stain normaliser")
+            x = norm.transform(x, stain_source)
         fn, b = self.predict_fn(), self.batch_size
         out = np.empty(len(x), np.float32)
         for s in range(0, len(x), b):
