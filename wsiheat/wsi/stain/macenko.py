@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsiheat.errors import StainError
-from wsiheat.wsi.stain.base import StainNormalizer, from_optical_density, optical_density
+from wsiheat.wsi.stain.base import StainNormalizer, map_optical_density, optical_density
 
 ANGLE_PERCENTILE = 1.0
 """Robust extremes of the stain angle (percent)."""
@@ -66,5 +66,4 @@ class Macenko(StainNormalizer):
             m = self.matrix(source)
         if not np.isfinite(m).all():
             raise StainError(f"{self.name}: degenerate source statistics (no finite map)")
-        m = m.astype(np.float32)
-        return from_optical_density(optical_density(pixels) @ m)
+        return map_optical_density(pixels, m)
