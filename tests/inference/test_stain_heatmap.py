@@ -114,6 +114,15 @@ def test_grayscale_slide_is_a_one_line_error(slides, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_cli_heatmap_says_it_normalised(slides, tmp_path):
+    r = run_wsiheat("heatmap", slides["slide"], "-m", slides["reinhard"], "--out-dir", tmp_path, "--backend",
+                    "tensorflow", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "slide: stain-normalised (reinhard, the model's target; fitted on 64 tissue windows)" in r.stdout
+    rec = json.loads((tmp_path / "slide.json").read_text())["stain"]
+    assert rec["method"] == "reinhard" and rec["unnormalised_windows"] == 0 and rec["not_fitted"] is None
+
+
 def test_heatmap_records_the_fit_and_a_failing_map_leaves_windows_counted(slides, tmp_path):
     from wsiheat.inference.stain import WindowStain
     from wsiheat.models.model import read_metadata

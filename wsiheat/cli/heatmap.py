@@ -173,6 +173,12 @@ def heatmap_cmd(slides, model_path, output, out_dir, overwrite, batch_size, tta,
                        f"tumor area {s['tumor_area']:.4g} {s['tumor_area_unit']}, {s['lesions']} lesion points, "
                        f"{s['cells_evaluated']} windows in {s['seconds']:.1f} s "
                        f"({s['patches_per_second']:.1f} windows/s) -> {folder / (r.name + '.png')}")
+            st = s.get("stain")
+            if st and st.get("source"):
+                click.echo(f"{r.name}: stain-normalised ({st['method']}, the model's target; fitted on "
+                           f"{st['fitted_on_windows']} tissue windows"
+                           + (f", {st['unnormalised_windows']} windows left as they were" if st["unnormalised_windows"]
+                              else "") + ")")
 
     show = sys.stderr.isatty() if progress is None else progress
     run = heatmap_many(tasks, model_path, folder, workers=0, retries=0, progress=False, overwrite=overwrite,
