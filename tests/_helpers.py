@@ -167,3 +167,27 @@ def start_paused(args, tmp_path: Path, point: str, timeout: float = 90) -> subpr
         out, err = proc.communicate()
         raise AssertionError(f"never reached the test hook {point} (exit {proc.returncode}): {err[-2000:]}")
     return proc
+
+
+CMU_SVS = REPO / "data" / "slides" / "cmu-1-small-region.svs"
+"""The embedded real H&E slide (OpenSlide's CMU-1-Small-Region, 2220 x 2967 px, one level)."""
+
+
+def cmu_region(x: int = 0, y: int = 0, w: int | None = None, h: int | None = None) -> np.ndarray:
+    """RGB uint8 of a box of :data:`CMU_SVS` read with OpenSlide (the whole slide by default)."""
+    import openslide
+
+    with openslide.OpenSlide(str(CMU_SVS)) as s:
+        W, H = s.dimensions
+        return np.asarray(s.read_region((x, y), 0, (w or W - x, h or H - y)).convert("RGB"))
+
+
+def hed_shift(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
+    """Another lab's staining: H and E concentrations scaled (scikit-image's colour deconvolution, as
+    ``tools/stain_shift.py`` does)."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(rgb)
+    hed[..., 0] *= h
+    hed[..., 1] *= e
+    return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)

@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import run_wsiheat
+from _helpers import cmu_region, hed_shift, run_wsiheat
 from _tiff import write_pyramid_tiff
 
 from wsiheat.errors import StainError
-
-SVS = Path(__file__).resolve().parents[2] / "data" / "slides" / "cmu-1-small-region.svs"
-
-
-def he_level0() -> np.ndarray:
-    """The embedded real H&E slide (2220 x 2967, small enough to hold) as RGB."""
-    import openslide
-
-    with openslide.OpenSlide(str(SVS)) as s:
-        return np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
-
-
-def hed_shift(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
-    """Another lab's staining: H and E concentrations scaled (scikit-image's deconvolution)."""
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(rgb)
-    hed[..., 0] *= h
-    hed[..., 1] *= e
-    return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
 
 
 def colour_model():
@@ -53,7 +32,7 @@ def slides(tmp_path_factory):
     from wsiheat.wsi.stain import get_normalizer
 
     d = tmp_path_factory.mktemp("stain")
-    rgb = he_level0()
+    rgb = cmu_region()
     gray = np.repeat(rgb.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
     out = {"dir": d}
     for key, img in (("slide", rgb), ("shifted", hed_shift(rgb, 1.4, 0.7)), ("gray", gray)):

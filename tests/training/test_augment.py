@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _helpers import cmu_region
 
 from wsiheat.errors import WsiheatError
 
-SVS = Path(__file__).resolve().parents[2] / "data" / "slides" / "cmu-1-small-region.svs"
-
 
 def he_region(size: int = 96) -> np.ndarray:
-    """A real H&E region (RGB uint8) read with OpenSlide from the embedded SVS slide."""
-    import openslide
+    return cmu_region(1000, 1200, size, size)
 
-    with openslide.OpenSlide(str(SVS)) as s:
-        return np.asarray(s.read_region((1000, 1200), 0, (size, size)).convert("RGB"))
+
 
 
 def dihedral(img):

@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import run_wsiheat, write_patches
+from _helpers import cmu_region, hed_shift, run_wsiheat, write_patches
 from PIL import Image
 
 from wsiheat.errors import StainError
 
-SVS = Path(__file__).resolve().parents[2] / "data" / "slides" / "cmu-1-small-region.svs"
-
 
 def he_windows(n: int, w: int = 32, seed: int = 0) -> np.ndarray:
     """``n`` real H&E windows (uint8 (n, 1, w, w, 3)) cut from the embedded SVS slide."""
-    import openslide
-
-    with openslide.OpenSlide(str(SVS)) as s:
-        rgb = np.asarray(s.read_region((400, 600), 0, (1280, 1280)).convert("RGB"))
+    rgb = cmu_region(400, 600, 1280, 1280)
     rng = np.random.default_rng(seed)
     ys, xs = rng.integers(0, 1280 - w, n), rng.integers(0, 1280 - w, n)
     return np.stack([rgb[y:y + w, x:x + w] for y, x in zip(ys, xs)])[:, None]
 
 
-def shifted(x: np.ndarray, h: float, e: float) -> np.ndarray:
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(x)
-    hed[..., 0] *= h
-    hed[..., 1] *= e
-    return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +27,7 @@ def patches(tmp_path_factory):
     """Four real-H&E slides (two of them restained), plus one slide of white glass only."""
     d = tmp_path_factory.mktemp("stainpatches")
     base = he_windows(24 * 4, seed=1)
-    parts = [base[:24], shifted(base[24:48], 1.4, 0.7), base[48:72], shifted(base[72:], 0.7, 1.3),
+    parts = [base[:24], hed_shift(base[24:48], 1.4, 0.7), base[48:72], hed_shift(base[72:], 0.7, 1.3),
              np.full((24, 1, 32, 32, 3), 245, np.uint8)]
     images = np.concatenate(parts)
     labels = np.tile(np.r_[np.zeros(12), np.ones(12)], 5)

@@ -10,11 +10,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _helpers import cmu_region, hed_shift
 
 REPO = Path(__file__).resolve().parents[2]
 MOSAICS = REPO / "data" / "mosaics" / "test"
-#: the embedded real H&E slide (Carnegie Mellon's CMU-1 small region, 2220 x 2967, one level)
-CMU_SVS = REPO / "data" / "slides" / "cmu-1-small-region.svs"
 #: the stain-normalised and the plain result of :func:`make_stain_results`
 STAIN_NAMES = ("he_stain", "he_plain")
 SLIDE_NAMES = ("test_normal_001", "test_tumor_001", "test_tumor_002", "test_tumor_003")
@@ -63,20 +62,9 @@ def make_results(out: Path, slides: list[Path], model_dir: Path) -> dict[str, di
 
 def he_region() -> np.ndarray:
     """A 1280 x 1024 px box of the real H&E slide, tissue and background (RGB uint8)."""
-    import openslide
-
-    with openslide.OpenSlide(str(CMU_SVS)) as s:
-        return np.asarray(s.read_region((512, 1280), 0, (1280, 1024)).convert("RGB"))
+    return cmu_region(512, 1280, 1280, 1024)
 
 
-def hed_shift(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
-    """Another lab's staining: H and E concentrations scaled (scikit-image's colour deconvolution)."""
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(rgb)
-    hed[..., 0] *= h
-    hed[..., 1] *= e
-    return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
 
 
 def make_stain_results(out: Path, work: Path) -> Path:

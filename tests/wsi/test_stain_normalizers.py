@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import cmu_region, hed_shift
 from PIL import Image
 
 from wsiheat.errors import NoStainedTissueError, StainError
 
-SVS = Path(__file__).resolve().parents[2] / "data" / "slides" / "cmu-1-small-region.svs"
 METHODS = ["reinhard", "macenko", "vahadane"]
 
 
 @pytest.fixture(scope="module")
 def he() -> np.ndarray:
-    import openslide
-
-    with openslide.OpenSlide(str(SVS)) as s:
-        return np.asarray(s.read_region((600, 800), 0, (768, 768)).convert("RGB"))
+    return cmu_region(600, 800, 768, 768)
 
 
-def hed_shift(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(rgb)
-    hed[..., 0] *= h
-    hed[..., 1] *= e
-    return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
 
 
 def test_registry_and_records():
