@@ -386,7 +386,11 @@ def test_sigint_mid_slide_leaves_file_identical(slide1k, slide_b, tmp_path, poin
     before = digest(out)
     proc = start_paused(_extract_args(slide_b, out), tmp_path, point)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:  # never leave a writer behind when the test fails
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err and "completed" not in err
     assert digest(out) == before
@@ -399,7 +403,11 @@ def test_sigint_after_commit_says_completed(slide1k, slide_b, tmp_path):
     assert run_cli("extract", slide1k[0], "-o", out, "--levels", "0", "1", "--max-normal", "4", "-q").returncode == 0
     proc = start_paused(_extract_args(slide_b, out), tmp_path, "after-commit")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "completed" in err and "p.h5" in err
     with open_patches(out) as pf:
