@@ -84,6 +84,15 @@ def test_normalisation_undoes_most_of_a_stain_shift(slides, method):
 def test_grayscale_slide_is_a_one_line_error(slides, tmp_path):
     with pytest.raises(StainError, match="grayscale"):
         heat(slides["macenko"], slides["gray"])
+    # a real slide whose overview is mostly gray padding still has its tissue's colour: accepted
+    from wsiheat.wsi.stain.base import check_slide_colour
+
+    rgb = cmu_region(1000, 1200, 400, 400)  # tissue
+    padded = np.full((1200, 1200, 3), 90, np.uint8)
+    padded[:400, :400] = rgb
+    check_slide_colour(padded, "padded")
+    with pytest.raises(StainError, match="padded: grayscale"):
+        check_slide_colour(np.repeat(padded.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2), "padded")
     r = run_wsiheat("heatmap", str(slides["gray"]), "-m", str(slides["macenko"]), "-o", str(tmp_path / "g.png"),
                     "--backend", "tensorflow")
     assert r.returncode != 0
