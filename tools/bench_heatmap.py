@@ -327,14 +327,15 @@ def main() -> None:
         cases.append((f"synthetic {args.synthetic_size} {args.synthetic_compression}", syn, [2.0, 4.0]))
 
     stains = {}
-    for name in [n.strip() for n in args.stain_normalize.split(",") if n.strip()]:
+    names = [n.strip() for n in args.stain_normalize.split(",") if n.strip()]
+    if names:
         import openslide
 
         from wsiheat.wsi.stain import get_normalizer
 
         with openslide.OpenSlide(str(ROOT / "data" / "slides" / "cmu-1-small-region.svs")) as o:
             ref = np.asarray(o.read_region((0, 0), 0, o.dimensions).convert("RGB"))[::2, ::2]
-        stains[name] = get_normalizer(name).fit(ref, "cmu-1-small-region.svs").to_dict()
+        stains = {name: get_normalizer(name).fit(ref, "cmu-1-small-region.svs").to_dict() for name in names}
     rows, ceiling, stain_rows = [], [], []
     for label, path, ds in cases:
         meta = {"window": 80, "center": 50, "stride": 50, "downsamples": ds, "towers": 2, "levels": [None, None]}

@@ -67,7 +67,7 @@ def map_optical_density(pixels: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     per-pixel ``transform``: no BLAS threads, so it stays fast on a busy machine)."""
     import cv2
 
-    od = cv2.LUT(as_grid(np.asarray(pixels, np.uint8)), OD_LUT)
+    od = as_grid(optical_density(pixels))
     return from_optical_density(cv2.transform(od, np.asarray(matrix, np.float32).T)).reshape(-1, 3)
 
 
@@ -98,12 +98,17 @@ def tissue_pixels(images: np.ndarray, what: str = "image") -> np.ndarray:
     return px[keep]
 
 
+def colour_spread(od: np.ndarray) -> np.ndarray:
+    """Relative spread of each pixel's optical densities, ``(max - min) / mean`` over R, G, B (0 for gray)."""
+    od = np.asarray(od, np.float32).reshape(-1, 3)
+    return (od.max(axis=1) - od.min(axis=1)) / np.maximum(od.mean(axis=1), 1e-6)
+
+
 def check_colour(od: np.ndarray, what: str = "image") -> None:
     """Raise :class:`StainError` when the optical densities ``(N, 3)`` of stained pixels carry no colour."""
-    od = np.asarray(od, np.float32).reshape(-1, 3)
-    if not len(od):
+    if not np.size(od):
         return
-    spread = float(np.median((od.max(axis=1) - od.min(axis=1)) / np.maximum(od.mean(axis=1), 1e-6)))
+    spread = float(np.median(colour_spread(od)))
     if spread < MIN_COLOUR:
         raise StainError(f"{what}: grayscale (median colour spread {spread:.3f}); stain normalisation needs "
                          f"colour H&E")
@@ -124,8 +129,7 @@ def check_slide_colour(rgb: np.ndarray, what: str = "slide") -> None:
     od = od[(od.mean(axis=1) >= OD_BACKGROUND) & (od.max(axis=1) <= OD_BLACK)]
     if not len(od):
         return
-    spread = (od.max(axis=1) - od.min(axis=1)) / np.maximum(od.mean(axis=1), 1e-6)
-    share = float((spread >= MIN_COLOUR).mean())
+    share = float((colour_spread(od) >= MIN_COLOUR).mean())
     if share < MIN_COLOURED_SHARE:
         raise StainError(f"{what}: grayscale ({share:.1%} of the stained area has colour); stain normalisation "
                          f"needs colour H&E")
