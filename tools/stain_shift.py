@@ -4,7 +4,8 @@ Usage: python tools/stain_shift.py SRC -o OUT --strength 0.5 [--seed 0] [--worke
 
 Each patient (top-level folder of SRC) gets ONE random H&E change, the same for
 all its patches: its haematoxylin and eosin concentrations (Ruifrok-Johnston
-colour deconvolution, scikit-image's ``rgb2hed``/``hed2rgb``) are multiplied by
+colour deconvolution with scikit-image's matrices, negative concentrations
+kept, so strength 0 copies every pixel unchanged) are multiplied by
 factors drawn independently and uniformly from ``[1 - strength, 1 + strength]``
 (strength 0.2, 0.35, 0.5: "+-20, 35, 50 %"); DAB is left alone. The draw
 depends only on ``--seed`` and the patient's name, so copies are reproducible
@@ -34,13 +35,23 @@ def factors(patient: str, strength: float, seed: int) -> tuple[float, float]:
 
 
 def shift_image(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
-    """uint8 RGB with H and E concentrations scaled by ``h`` and ``e``."""
-    from skimage.color import hed2rgb, rgb2hed
+    """uint8 RGB with H and E concentrations scaled by ``h`` and ``e``.
 
-    hed = rgb2hed(rgb)
+    The Ruifrok-Johnston deconvolution of scikit-image (``hed_from_rgb`` /
+    ``rgb_from_hed``, the same optical density as ``rgb2hed``) but without
+    ``rgb2hed``'s clipping of negative concentrations: the map is linear in
+    optical density, so factors (1, 1) give back the input exactly and a
+    strength-0 copy is the original, not a lossy round trip.
+    """
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    log_adjust = np.log(1e-6)
+    od = np.log(np.maximum(rgb.astype(np.float64) / 255.0, 1e-6)) / log_adjust
+    hed = od @ hed_from_rgb
     hed[..., 0] *= h
     hed[..., 1] *= e
-    return np.clip(np.rint(hed2rgb(hed) * 255.0), 0, 255).astype(np.uint8)
+    out = np.exp((hed @ rgb_from_hed) * log_adjust)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
 def shift_patient(args: tuple[str, str, float, float]) -> int:

@@ -40,6 +40,13 @@ def test_stain_shift_copies_real_patients_with_one_change_each(tmp_path):
             if ok.sum() > 50:
                 ratios.append(np.median(hb[ok] / ha[ok]))
         assert ratios and abs(np.median(ratios) - f["h"]) < 0.1
+    # strength 0 is the identity: no deconvolution round-trip loss (rgb2hed would clip)
+    r0 = subprocess.run([*run[:4], "0", *run[5:], str(tmp_path / "s0")], capture_output=True, text=True,
+                        timeout=300)
+    assert r0.returncode == 0, r0.stderr
+    for rel in originals:
+        a = np.asarray(Image.open(src / rel).convert("RGB"))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "s0" / rel).convert("RGB"))), rel
     # reproducible, and an existing output is refused
     r2 = subprocess.run([*run, str(tmp_path / "again")], capture_output=True, text=True, timeout=300)
     assert json.loads((tmp_path / "again" / "stain_shift.json").read_text()) == rec
