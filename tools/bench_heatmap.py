@@ -21,7 +21,9 @@ synthetic pyramidal TIFF):
   ``openvino-bf16`` (the default requests: ``THROUGHPUT`` hint, each batch
   split over one ``AsyncInferQueue`` request per stream), ``openvino-bf16-sync``
   (one synchronous request, ``LATENCY`` hint), ``openvino-bf16-async2`` (2
-  requests), ``-nopin`` (``ENABLE_CPU_PINNING=NO``), ``-t1`` (1 thread);
+  requests), ``-nopin`` (``ENABLE_CPU_PINNING=NO``), ``-t1`` (1 thread),
+  ``-nostream`` (the pipeline waits for each whole batch instead of handing
+  it to :meth:`OpenVINOPredict.submit`);
 * **stain normalisation** (``--stain-normalize reinhard,macenko,vahadane``):
   end to end for each backend with the model's metadata asking for that
   normaliser (target fitted on the embedded CMU H&E slide; the slide's source
@@ -136,10 +138,20 @@ def first_tissue_centers(slide: Slide, spec, n: int) -> np.ndarray:
 
 
 def model_alone(predict, windows: np.ndarray, batch: int) -> float:
+    """Windows/s of the model on windows already in memory, fed as the pipeline feeds it:
+    handed over batch after batch without waiting when the backend can (``submit``), else
+    called and waited for."""
     n = len(windows) // batch * batch
+    submit = getattr(predict, "submit", None)
+    out, where = np.zeros(n, np.float32), np.arange(n)
     t = time.perf_counter()
     for i in range(0, n, batch):
-        predict(windows[i:i + batch])
+        if submit is not None:
+            submit(windows[i:i + batch], where[i:i + batch], out, batch)
+        else:
+            predict(windows[i:i + batch])
+    if submit is not None:
+        predict.wait()
     return n / (time.perf_counter() - t)
 
 
@@ -182,10 +194,12 @@ def make_backend(name: str, model_path: Path, batch: int):
         eng = HeatmapModel.load(model_path, backend="openvino", precision=prec, batch_size=batch, requests=requests)
         config = {"ENABLE_CPU_PINNING": "NO"} if "nopin" in parts else {}
         threads = next((int(p[1:]) for p in parts if p[:1] == "t" and p[1:].isdigit()), None)
-        if config or threads:
+        stream = "nostream" not in parts
+        if config or threads or not stream:
             from wsiheat.inference.backends import OpenVINOPredict
 
-            fn = OpenVINOPredict(eng.model, batch, eng.precision, requests=requests, threads=threads, config=config)
+            fn = OpenVINOPredict(eng.model, batch, eng.precision, requests=requests, threads=threads, config=config,
+                                 stream=stream)
             return fn, "openvino", f"{eng.precision} {'-'.join(parts[2:])}"
         fn = eng.predict_fn()
         return fn, "openvino", f"{eng.precision} {fn.requests} req"

@@ -131,3 +131,30 @@ def test_evaluate_patches_backends_agree(tmp_path, capsys):
     assert ov["backend"] == "openvino" and ov["precision"] == "float32"
     assert abs(ov["auc"] - ref["auc"]) < 1e-6
     assert abs(reports["openvino", "auto"]["auc"] - ref["auc"]) < 0.01
+
+
+def test_openvino_streaming_heatmap_matches_tensorflow(tmp_path):
+    """The heatmap pipeline hands OpenVINO each batch and goes on reading (submit / wait): every
+    probability still lands on its own cell, the short last batch included, on a real slide."""
+    from _helpers import CMU_SVS
+
+    from wsiheat.inference.backends import OpenVINOPredict
+    from wsiheat.inference.heatmap import compute_heatmap
+
+    path = tiny_model(tmp_path / "tiny.keras", 1)
+    opts = {"max_cells": 600, "block": 256, "readers": 2, "thumbnail_size": 256,  # 600 = 18 x 32 + 24
+            "downsamples": (1.0, 2.0)}
+    ref = HeatmapModel.load(path, backend="tensorflow", precision="float32", batch_size=32)
+    p_ref = ref.predict_slide(CMU_SVS, **opts).probabilities
+    ov = HeatmapModel.load(path, backend="openvino", precision="float32", batch_size=32, requests=2)
+    fn = ov.predict_fn()
+    assert isinstance(fn, OpenVINOPredict) and fn.streaming and callable(fn.submit)
+    p_ov = ov.predict_slide(CMU_SVS, **opts).probabilities
+    assert (p_ref > 0).sum() == 600 and p_ref[p_ref > 0].std() > 0.02  # 600 cells, spread probabilities
+    np.testing.assert_allclose(p_ov, p_ref, atol=1e-4)
+    # the waiting path (stream=False) gives the same map
+    batch = OpenVINOPredict(ov.model, 32, "float32", requests=2, stream=False)
+    assert getattr(batch, "submit", None) is None
+    hm = compute_heatmap(CMU_SVS, None, ov.metadata, predict=batch, batch_size=32, backend="openvino",
+                         precision="float32", **opts)
+    np.testing.assert_allclose(hm.probabilities, p_ov, atol=1e-6)

@@ -232,10 +232,16 @@ class OpenVINOPredict:
         ``INFERENCE_NUM_THREADS`` (default: OpenVINO's, all cores).
     config : dict, optional
         More OpenVINO CPU properties (e.g. ``{"ENABLE_CPU_PINNING": "NO"}``).
+    stream : bool
+        Offer :meth:`submit`: the heatmap pipeline then hands each batch over and
+        goes on reading while up to ``2 * requests`` requests run, each stream
+        taking the next request as soon as it is free (no wait for a whole
+        batch; measured in docs/benchmarks.md). False: only ``__call__``.
     """
 
     def __init__(self, ov_model, batch_size: int, precision: str = "float32", tta: bool = False,
-                 requests: int = 0, threads: int | None = None, config: dict | None = None):
+                 requests: int = 0, threads: int | None = None, config: dict | None = None,
+                 stream: bool = True):
         import openvino as ov
 
         if precision not in _OV_PRECISION:
@@ -258,6 +264,52 @@ class OpenVINOPredict:
             self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
             self._queue.set_callback(self._done)
             self._out = np.empty(self.requests * sub, np.float32)
+        self.streaming = bool(stream) and not self.tta
+        self._stream_queue = None
+        self._stream_errors: list[str] = []
+
+    @property
+    def submit(self) -> Callable[[np.ndarray, np.ndarray, np.ndarray, int], None]:
+        """Start scoring a batch without waiting; only when ``streaming`` (else AttributeError).
+
+        ``submit(batch, where, out, n)`` copies the first ``n`` windows of
+        ``batch`` (``n`` <= ``batch_size``) into free requests and returns;
+        when each request finishes, its probabilities are written to
+        ``out[where[i]]``. :meth:`wait` blocks until every submitted window is
+        written. ``batch`` and ``where`` may be reused as soon as it returns.
+        """
+        if not self.streaming:
+            raise AttributeError("submit")
+        return self._submit
+
+    def _submit(self, batch: np.ndarray, where: np.ndarray, out: np.ndarray, n: int) -> None:
+        import openvino as ov
+
+        if self._stream_queue is None:
+            self._stream_queue = ov.AsyncInferQueue(self.compiled, 2 * self.requests)
+            self._stream_queue.set_callback(self._stream_done)
+        sub = self._sub
+        for i in range(0, n, sub):
+            k = min(sub, n - i)
+            x = batch[i:i + sub]
+            if len(x) < sub:  # the last, short batch: pad to the compiled shape
+                x = np.concatenate([x, np.zeros((sub - len(x),) + x.shape[1:], x.dtype)])
+            self._stream_queue.start_async([np.ascontiguousarray(x)], (out, where[i:i + k].copy(), k))
+
+    def _stream_done(self, request, userdata) -> None:
+        out, where, k = userdata
+        try:
+            out[where] = request.get_output_tensor(0).data.reshape(-1)[:k]
+        except Exception as exc:  # noqa: BLE001 - raised again by wait(), in the caller's thread
+            self._stream_errors.append(f"{type(exc).__name__}: {exc}")
+
+    def wait(self) -> None:
+        """Block until every window handed to :meth:`submit` has its probability."""
+        if self._stream_queue is not None:
+            self._stream_queue.wait_all()
+        if self._stream_errors:
+            msg, self._stream_errors = self._stream_errors[0], []
+            raise ModelError(f"openvino inference failed: {msg}")
 
     def _compile(self, ov_model, requests: int, threads: int | None, extra: dict, limit: bool = True):
         import openvino as ov

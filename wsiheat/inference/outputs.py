@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from wsiheat.errors import WsiheatError
@@ -77,7 +78,12 @@ def lesion_views(slide: Slide, lesions: np.ndarray, cell0: float, context_cells:
     t = 2  # line width in view pixels
     out = np.empty((len(lesions), 1, size, size, 3), np.uint8)
     for i, (_, x, y) in enumerate(np.asarray(lesions, np.float64).reshape(-1, 3)):
-        v = slide.read_scaled((x - side0 / 2, y - side0 / 2), d, (size, size))
+        if d >= 1.0:
+            v = slide.read_scaled((x - side0 / 2, y - side0 / 2), d, (size, size))
+        else:  # small cells: the view is finer than level 0, so read level 0 and enlarge it
+            n = max(1, int(round(side0)))
+            v = cv2.resize(slide.read_scaled((x - side0 / 2, y - side0 / 2), 1.0, (n, n)), (size, size),
+                           interpolation=cv2.INTER_NEAREST)
         for r0, r1, c0, c1 in ((lo, lo + t, lo, hi), (hi - t, hi, lo, hi),
                                (lo, hi, lo, lo + t), (lo, hi, hi - t, hi)):
             v[r0:r1, c0:c1] = (0, 200, 255)  # cyan outline of the scored cell

@@ -284,6 +284,9 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
         if idx is not None:
             pending.append((idx, ex.submit(read, idx)))
 
+    # a backend that can take a batch and return at once (OpenVINOPredict.submit) keeps its
+    # streams busy while this thread gathers the next batch; others are called and waited for
+    submit = getattr(predict, "submit", None)
     try:
         for _ in range(2 * workers):
             submit_next()
@@ -299,16 +302,29 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
                 fill += n
                 pos += n
                 if fill == batch_size:
-                    probs[where] = predict(batch)
+                    if submit is not None:
+                        submit(batch, where, probs, batch_size)
+                    else:
+                        probs[where] = predict(batch)
                     fill = 0
                     if progress:
                         progress(batch_size)
         if fill:
             batch[fill:] = 0  # pad the last batch: fixed shape, no retracing
-            probs[where[:fill]] = predict(batch)[:fill]
+            if submit is not None:
+                submit(batch, where, probs, fill)
+            else:
+                probs[where[:fill]] = predict(batch)[:fill]
             if progress:
                 progress(fill)
+        if submit is not None:
+            predict.wait()
     finally:
+        if submit is not None:  # never return (or raise) while requests still write into probs
+            try:
+                predict.wait()
+            except Exception:  # noqa: BLE001 - the first error is the one being raised
+                pass
         ex.shutdown(wait=True, cancel_futures=True)
         for s in opened:
             s.close()
