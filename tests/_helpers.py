@@ -151,10 +151,15 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def start_paused(args, tmp_path: Path, point: str, timeout: float = 90) -> subprocess.Popen:
     """Start ``wsiheat ARGS`` held at the test hook ``point`` (see docs/reliability.md); wait until it is there."""
+    import signal
     import time
 
     hooks = Path(tmp_path) / "hooks"
     hooks.mkdir(exist_ok=True)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started as a background job (`cmd &`): SIGINT is ignored and the child would inherit that and
+        # never see the tests' Ctrl-C. A handler here is reset to the default in the child on exec.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     env = dict(os.environ, PYTHONPATH=str(REPO), WSIHEAT_TEST_PAUSE=point, WSIHEAT_TEST_PAUSE_DIR=str(hooks))
     proc = subprocess.Popen([sys.executable, "-m", "wsiheat", *map(str, args)], stderr=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
