@@ -84,7 +84,8 @@ def test_stain_map_is_the_heatmaps_normaliser_with_the_slides_source():
     assert not np.array_equal(stain(tile), tile) and stain.unnormalised == 0
     # nothing to show: no record, not fitted on the slide, not a record, an unknown normaliser
     for summary in ({}, {"stain": None}, {"stain": {**record, "source": None}}, {"stain": "macenko"},
-                    {"stain": {**record, "method": "no-such-normaliser"}}, {"stain": {"source": record["source"]}}):
+                    {"stain": {**record, "method": "no-such-normaliser"}}, {"stain": {"source": record["source"]}},
+                    {"stain": {**record, "source": {"stains": record["source"]["stains"]}}}):  # damaged: refused once
         assert StainMap.from_summary(summary) is None, summary
     # degenerate source statistics: the tile as it is, counted
     bad = StainMap.from_summary({"stain": {**record, "source": {**record["source"], "max_conc": [0.0, 0.0]}}})

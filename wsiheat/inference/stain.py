@@ -9,42 +9,27 @@ the heatmap has no seams.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from wsiheat.errors import NoStainedTissueError, StainError
+from wsiheat.errors import NoStainedTissueError
 from wsiheat.patches.sampling import WindowSpec, read_windows
 from wsiheat.wsi.slide import Slide
 from wsiheat.wsi.stain import StainNormalizer
-from wsiheat.wsi.stain.base import check_slide_colour
+from wsiheat.wsi.stain.base import FittedStain, check_slide_colour
 
 FIT_WINDOWS = 64
 """Tissue windows (evenly spread over the slide's tissue cells, all towers) a slide's source is fitted on."""
 
 
-class WindowStain:
-    """Callable mapping uint8 windows ``(B, T, W, W, 3)`` with one slide's fitted source.
-
-    A batch the normaliser fails on is left as it was and counted
-    (:attr:`unnormalised`); thread-safe, so reader threads can call it.
-    """
+class WindowStain(FittedStain):
+    """The model's normaliser with one slide's source, called on the readers' window batches
+    ``(B, T, W, W, 3)``; a batch the map fails on is left as it was and its windows counted
+    (:class:`~wsiheat.wsi.stain.base.FittedStain`). Also records how it was fitted."""
 
     def __init__(self, normalizer: StainNormalizer, source: dict | None, fitted_on: int = 0,
                  why_not: str | None = None):
-        self.normalizer, self.source, self.fitted_on, self.why_not = normalizer, source, fitted_on, why_not
-        self.unnormalised = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
-        if self.source is not None:
-            try:
-                return self.normalizer.transform(windows, self.source)
-            except (StainError, ValueError, ArithmeticError, np.linalg.LinAlgError):
-                pass
-        with self._lock:
-            self.unnormalised += len(windows)
-        return windows
+        super().__init__(normalizer, source)
+        self.fitted_on, self.why_not = fitted_on, why_not
 
     def record(self) -> dict:
         """The normaliser, the slide's source statistics and the windows left unnormalised."""

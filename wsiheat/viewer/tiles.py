@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wsiheat.errors import StainError
+from wsiheat.wsi.stain.base import MAP_FAILURES, FittedStain
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -307,13 +308,14 @@ class SlideLayer:
         self._images.clear()
 
 
-class StainMap:
+class StainMap(FittedStain):
     """A slide's stain normalisation as ``wsiheat heatmap`` applied it: the model's normaliser and
     target with the source fitted on that slide (its summary's ``stain`` record).
 
-    Nothing is refitted: every tile goes through the same pixel-wise map, so
-    neighbouring tiles cannot disagree. A tile the map fails on (degenerate
-    source statistics) is returned as it is and counted in :attr:`unnormalised`.
+    Nothing is refitted: every tile goes through the same pixel-wise map
+    (:class:`~wsiheat.wsi.stain.base.FittedStain`), so neighbouring tiles
+    cannot disagree. A tile the map fails on (degenerate source statistics) is
+    returned as it is and counted in :attr:`unnormalised`.
 
     Parameters
     ----------
@@ -325,22 +327,27 @@ class StainMap:
     Raises
     ------
     wsiheat.errors.StainError
-        Not a normaliser record, an unknown method, or no fitted source.
+        Not a normaliser record, an unknown method, no fitted source, or a
+        source the normaliser cannot read (a damaged record).
     """
 
     def __init__(self, record: dict, what: str = "slide") -> None:
         from wsiheat.wsi.stain import normalizer_from_dict
 
-        self.normalizer = normalizer_from_dict(record, what)
-        if self.normalizer is None:
+        normalizer = normalizer_from_dict(record, what)
+        if normalizer is None:
             raise StainError(f"{what}: no stain normaliser record")
         source = record.get("source")
         if not isinstance(source, dict) or not source:
             raise StainError(f"{what}: the stain normaliser was not fitted on this slide")
-        self.method = self.normalizer.name
-        self.source = dict(source)
-        self.unnormalised = 0
-        self._lock = threading.Lock()
+        try:  # a record read from disk: missing or mistyped statistics are refused here, not per tile
+            normalizer.transform(np.full((1, 1, 3), 128, np.uint8), source)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise StainError(f"{what}: damaged stain source record ({type(exc).__name__}: {exc})") from None
+        except MAP_FAILURES:
+            pass  # degenerate statistics: every tile will be shown as it is, and counted
+        super().__init__(normalizer, dict(source))
+        self.method = normalizer.name
 
     @classmethod
     def from_summary(cls, summary: dict, what: str = "slide") -> StainMap | None:
@@ -352,15 +359,6 @@ class StainMap:
             return cls(record, what)
         except StainError:
             return None
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """Map uint8 RGB pixels ``(..., 3)``; unchanged (and counted) when the map fails."""
-        try:
-            return self.normalizer.transform(rgb, self.source)
-        except (StainError, ValueError, ArithmeticError, KeyError, TypeError, np.linalg.LinAlgError):
-            with self._lock:
-                self.unnormalised += 1
-            return np.asarray(rgb, np.uint8)
 
 
 _LUTS: dict[str, np.ndarray] = {}

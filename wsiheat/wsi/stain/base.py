@@ -11,6 +11,8 @@ has no seams; no tile is ever fitted on its own.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from wsiheat.errors import NoStainedTissueError, StainError
@@ -184,3 +186,40 @@ class StainNormalizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(target={'set' if self.target else None})"
+
+
+MAP_FAILURES = (StainError, ValueError, ArithmeticError, np.linalg.LinAlgError)
+"""What a map may raise on degenerate source statistics: :class:`FittedStain` then leaves the pixels as they are."""
+
+
+class FittedStain:
+    """A normaliser with one slide's fitted source: the same pixel-wise map for every tile.
+
+    Called on uint8 pixels ``(..., 3)``: a batch of windows ``(B, T, W, W, 3)``
+    (heatmap readers) or one image (a viewer tile). Where the map fails
+    (:data:`MAP_FAILURES`), or no source was fitted (``source=None``), the
+    pixels come back as they were and are counted in :attr:`unnormalised`:
+    ``B`` for a batch of windows, 1 for an image. Thread-safe.
+
+    Parameters
+    ----------
+    normalizer : StainNormalizer
+        With its target.
+    source : dict or None
+        The slide's statistics (:meth:`StainNormalizer.source`).
+    """
+
+    def __init__(self, normalizer: StainNormalizer, source: dict | None):
+        self.normalizer, self.source = normalizer, source
+        self.unnormalised = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self.source is not None:
+            try:
+                return self.normalizer.transform(pixels, self.source)
+            except MAP_FAILURES:
+                pass
+        with self._lock:
+            self.unnormalised += len(pixels) if np.ndim(pixels) == 5 else 1
+        return np.asarray(pixels, np.uint8)
