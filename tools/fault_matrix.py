@@ -579,6 +579,8 @@ def main() -> int:
         return 0
     global VERBOSE
     VERBOSE = args.verbose
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # run as a background job: let the children see SIGINT
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     root = args.keep or Path(tempfile.mkdtemp(prefix="wsiheat-faults-"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -10,13 +10,16 @@ test``; the others are the same patients from ``tools/stain_shift.py`` copies). 
 exactly as ``wsiheat evaluate patches`` runs it (its own stain normalisation, if any, fitted per
 patient). Prints one markdown table: AUC and balanced accuracy at 0.5 per set, and for each
 shifted set the AUC drop against the first set with a 95 % interval from a paired bootstrap over
-patients (the same resampled patients for both sets). Scores are cached in ``--cache`` as
+patients (the same resampled patients for both sets). Models named ``ROW``, ``ROW_s1``,
+``ROW_s2``... (one recipe, other ``--seed`` values) get a second table: the mean, smallest and
+largest unshifted AUC and AUC drop over their seeds. Scores are cached in ``--cache`` as
 ``MODEL__SET.npz``, so adding a model re-runs only its rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         [f"AUC drop {s} (95 % CI)" for s, _ in sets[1:]]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
+    per_model: dict[str, dict[str, float]] = {}
     for m, mpath in models:
         res = {s: scores_of(mpath, spath, a.cache, f"{m}__{s}", a.backend) for s, spath in sets}
         for s, _ in sets[1:]:
@@ -105,9 +109,38 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = paired_drop_ci(res[ref_name], res[s], a.boot)
             cells.append(f"{aucs[ref_name] - aucs[s]:+.4f} ({lo:+.4f}, {hi:+.4f})")
         print("| " + " | ".join(cells) + " |", flush=True)
+        per_model[m] = aucs
     print(f"\nAUC drop = AUC on {ref_name} - AUC on the shifted set (positive: worse under the shift); "
           f"intervals: paired bootstrap over patients, {a.boot} resamples.")
+    print_seed_means(per_model, [s for s, _ in sets])
     return 0
+
+
+def seed_groups(names: list[str]) -> dict[str, list[str]]:
+    """Models of one row trained with other seeds: ``ROW``, ``ROW_s1``, ``ROW_s2``... -> ``{ROW: [...]}``."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(re.sub(r"_s\d+$", "", n), []).append(n)
+    return groups
+
+
+def print_seed_means(per_model: dict[str, dict[str, float]], sets: list[str]) -> None:
+    """Per row with more than one seed: the mean (smallest-largest) unshifted AUC and AUC drop per set."""
+    groups = {row: ms for row, ms in seed_groups(list(per_model)).items() if len(ms) > 1}
+    if not groups:
+        return
+    ref = sets[0]
+    head = ["row", "seeds", f"AUC {ref}: mean (min-max)"] + [f"AUC drop {s}: mean (min-max)" for s in sets[1:]]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row, ms in groups.items():
+        auc = np.array([per_model[m][ref] for m in ms])
+        cells = [row, str(len(ms)), f"{auc.mean():.4f} ({auc.min():.4f}-{auc.max():.4f})"]
+        for s in sets[1:]:
+            d = np.array([per_model[m][ref] - per_model[m][s] for m in ms])
+            cells.append(f"{d.mean():+.4f} ({d.min():+.4f} to {d.max():+.4f})")
+        print("| " + " | ".join(cells) + " |", flush=True)
+    print("Rows grouped by name: ROW, ROW_s1, ROW_s2... are the same recipe with other --seed values.")
 
 
 if __name__ == "__main__":
