@@ -27,12 +27,16 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from wsiheat.errors import ModelError
 from wsiheat.models.model import INFER_PRECISIONS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+    import openvino
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +138,7 @@ def openvino_cache_path(model_path: str | os.PathLike, digest: str) -> Path:
     return p.with_name(f"{p.name}.openvino-{digest[:16]}.xml")
 
 
-def convert_to_openvino(keras_model, towers: int, window: int):
+def convert_to_openvino(keras_model: keras.Model, towers: int, window: int) -> openvino.Model:
     """An OpenVINO model of a wsiheat Keras model: uint8 ``(N, T, W, W, 3)`` -> float32 ``(N,)``."""
     import openvino as ov
     import tensorflow as tf
@@ -147,7 +151,7 @@ def convert_to_openvino(keras_model, towers: int, window: int):
 
 
 def load_openvino_model(model_path: str | os.PathLike, towers: int, window: int,
-                        keras_loader: Callable[[], object] | None = None):
+                        keras_loader: Callable[[], object] | None = None) -> openvino.Model:
     """The OpenVINO model of a saved ``.keras`` file, converted once and cached beside it.
 
     The cache (:func:`openvino_cache_path`) is named after the SHA-256 of the

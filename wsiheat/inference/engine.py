@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from wsiheat import defaults
 from wsiheat.errors import ModelError
 from wsiheat.inference.outputs import Heatmap
 from wsiheat.inference.predict import check_model, make_predict_fn, spec_from_metadata
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wsiheat.wsi.stain import StainNormalizer
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ class HeatmapModel:
         return f"{self.backend} {self.precision}" + (f" ({self.reason})" if self.reason else "")
 
     @property
-    def stain(self):
+    def stain(self) -> StainNormalizer | None:
         """The model's stain normaliser (:class:`wsiheat.wsi.stain.StainNormalizer`), or None."""
         from wsiheat.wsi.stain import normalizer_from_dict
 

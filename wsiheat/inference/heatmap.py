@@ -29,7 +29,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -52,17 +52,23 @@ from wsiheat.postprocess.scores import registered_scores
 from wsiheat.wsi.slide import Slide
 from wsiheat.wsi.stain import normalizer_from_dict
 
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+    from wsiheat.postprocess.scorer import LesionScorer
+
 
 class HeatmapWarning(UserWarning):
     """A slide that could be processed but deserves attention (e.g. no tissue)."""
 
 
-def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: str | None = None, *,
+def compute_heatmap(slide_path: str | os.PathLike, model: keras.Model | None, metadata: dict, name: str | None = None, *,
                     batch_size: int = defaults.PREDICT_BATCH_SIZE, tta: bool = False,
                     readers: int = 2, block: int = 1024, tissue_threshold: float = 0.0,
                     lesion_threshold: float = defaults.LESION_THRESHOLD, nms_radius: float | None = None,
                     nms_radius_um: float | None = None, area_threshold: float = defaults.AREA_THRESHOLD,
-                    topk: int = defaults.TOPK, smooth: float = defaults.SMOOTH_SIGMA, lesion_scorer=None,
+                    topk: int = defaults.TOPK, smooth: float = defaults.SMOOTH_SIGMA,
+                    lesion_scorer: LesionScorer | None = None,
                     downsamples: tuple[float, ...] | None = None, model_path: str | None = None,
                     predict: Callable[[np.ndarray], np.ndarray] | None = None,
                     max_cells: int | None = None, thumbnail_size: int = 2048,
@@ -271,7 +277,7 @@ def compute_heatmap(slide_path: str | os.PathLike, model, metadata: dict, name: 
                    pictures={"thumbnail": (thumb, thumb_ds), "views": views})
 
 
-def heatmap_slide(slide_path: str | os.PathLike, model, metadata: dict, out_dir: str | os.PathLike,
+def heatmap_slide(slide_path: str | os.PathLike, model: keras.Model | None, metadata: dict, out_dir: str | os.PathLike,
                   name: str | None = None, **options) -> dict:
     """Compute the heatmap of one slide and write its nine output files into ``out_dir``.
 

@@ -14,7 +14,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from wsiheat import defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.patches.sampling import Grid, WindowSpec, read_windows
 from wsiheat.wsi.slide import DOWNSAMPLE_TOLERANCE, Slide
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
 
 
 # --------------------------------------------------------------------------- geometry
@@ -130,7 +133,7 @@ def tiles_of_cells(rows: np.ndarray, cols: np.ndarray, tile_cells: int) -> list[
 
 
 # --------------------------------------------------------------------------- model
-def check_model(model, spec: WindowSpec, path: str | os.PathLike = "model") -> None:
+def check_model(model: keras.Model, spec: WindowSpec, path: str | os.PathLike = "model") -> None:
     """Check a Keras model takes ``(B, T, W, W, 3)`` and returns ``(B, 1)``."""
     try:
         ishape = tuple(model.inputs[0].shape)[1:]
@@ -165,7 +168,7 @@ def dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return x
 
 
-def make_predict_fn(model, spec: WindowSpec, batch_size: int, tta: bool = False, jit_compile: bool = False
+def make_predict_fn(model: keras.Model, spec: WindowSpec, batch_size: int, tta: bool = False, jit_compile: bool = False
                     ) -> Callable[[np.ndarray], np.ndarray]:
     """A compiled inference function on fixed-size uint8 batches.
 

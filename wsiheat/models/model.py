@@ -30,7 +30,7 @@ from wsiheat.models import backbones as _backbones
 from wsiheat.models.backbones import backbones
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    import keras
 
 METADATA_MEMBER = "wsiheat.json"
 REQUIRED_METADATA = ("window", "center", "stride", "downsamples", "towers")
@@ -65,7 +65,7 @@ def import_tensorflow_quietly(run_op: bool = True) -> None:
         os.close(devnull)
 
 
-def save_model(model, path: str | os.PathLike, metadata: dict) -> Path:
+def save_model(model: keras.Model, path: str | os.PathLike, metadata: dict) -> Path:
     """Save a Keras model with wsiheat metadata into one ``.keras`` file, atomically.
 
     Parameters
@@ -118,7 +118,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
 INFER_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
-def load_model(path: str | os.PathLike, compile: bool = False, precision: str = "float32"):
+def load_model(path: str | os.PathLike, compile: bool = False,
+               precision: str = "float32") -> tuple[keras.Model, dict]:
     """Load a wsiheat model and its metadata.
 
     Parameters
@@ -146,7 +147,8 @@ def load_model(path: str | os.PathLike, compile: bool = False, precision: str = 
     return model, meta
 
 
-def with_precision(model, precision: str, keep_float32: tuple[str, ...] = ("tumor",)):
+def with_precision(model: keras.Model, precision: str,
+                   keep_float32: tuple[str, ...] = ("tumor",)) -> keras.Model:
     """A copy of ``model`` whose layers compute in ``precision`` (same weights, float32 variables).
 
     Every Keras layer (recursively, towers included) gets the dtype policy
@@ -173,7 +175,7 @@ def with_precision(model, precision: str, keep_float32: tuple[str, ...] = ("tumo
     return copy
 
 
-def model_precision(model) -> str:
+def model_precision(model: keras.Model) -> str:
     """The compute dtype policy of most weighted layers of a model (``float32``, ``mixed_bfloat16``...)."""
     names = [layer.dtype_policy.name for layer in model._flatten_layers(include_self=False, recursive=True)
              if layer.weights and hasattr(layer, "dtype_policy")]
@@ -193,7 +195,7 @@ def _imagenet_source(download: bool = False):
 
 def build_model(towers: int, window: int = defaults.WINDOW, *, weights: str = "imagenet",
                 shared_backbone: bool = False, dropout: float = 0.5, variant: str = "tf2015",
-                backbone: str = defaults.BACKBONE, head_dtype: str = "float32"):
+                backbone: str = defaults.BACKBONE, head_dtype: str = "float32") -> keras.Model:
     """Build the multi-tower tumor classifier.
 
     Parameters
@@ -271,7 +273,7 @@ def build_model(towers: int, window: int = defaults.WINDOW, *, weights: str = "i
     return model
 
 
-def load_weights_into(model, path: str | os.PathLike, towers: int) -> None:
+def load_weights_into(model: keras.Model, path: str | os.PathLike, towers: int) -> None:
     """Load ``path`` (a wsiheat model or a Keras weights file) into ``model``.
 
     A wsiheat ``.keras`` model must have the same number of towers and the same
@@ -317,7 +319,7 @@ def _inbound_layers(layer) -> list:
     return out
 
 
-def set_trainable_from(model, block_name: str | None) -> int:
+def set_trainable_from(model: keras.Model, block_name: str | None) -> int:
     """Freeze every backbone layer below block ``block_name`` (e.g. ``"mixed5"``).
 
     The block ``mixedN`` starts right after the single layer through which all

@@ -17,8 +17,12 @@ the SAME random rotation (0/90/180/270 degrees), flips and colour draws:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wsiheat.errors import WsiheatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
 
 HED_BIAS_SCALE = 0.1
 """Shift of a HED concentration per unit of ``hed`` sigma, in optical density (natural log)
@@ -56,7 +60,8 @@ class AugmentConfig:
         return any((self.brightness, self.saturation, self.hue, self.contrast))
 
 
-def augment_batch(images, config: AugmentConfig = AugmentConfig(), seed: int | None = None):
+def augment_batch(images: tf.Tensor, config: AugmentConfig = AugmentConfig(),
+                  seed: int | None = None) -> tf.Tensor:
     """Augment a uint8 batch ``(B, T, W, W, 3)``; returns uint8 of the same shape.
 
     Every tower of a sample gets the same rotation, flips and colour draw.
@@ -116,7 +121,7 @@ def augment_batch(images, config: AugmentConfig = AugmentConfig(), seed: int | N
 
 
 
-def hed_jitter(f, scale, bias):
+def hed_jitter(f: tf.Tensor, scale: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     """Scale and shift H, E and DAB concentrations of float RGB images in [0, 1].
 
     Parameters

@@ -38,6 +38,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -65,6 +66,9 @@ from wsiheat.training.history import (
     write_history,
     write_state,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +213,7 @@ def metrics() -> list:
             keras.metrics.Recall(name="sensitivity"), _SPEC()]
 
 
-def compile_model(model, lr: float, mixed: bool) -> None:
+def compile_model(model: keras.Model, lr: float, mixed: bool) -> None:
     """Compile for training: Adam at ``lr``, binary cross-entropy, the metrics of :func:`metrics`
     (wrapped in a loss-scale optimizer under ``mixed_float16``)."""
     import keras
