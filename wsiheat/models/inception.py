@@ -32,7 +32,7 @@ own h5 file is loaded (see :mod:`wsiheat.models.weights`).
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import KerasTensor, layers
 
 VARIANTS = ("tf2015", "keras")
 MIN_SIZE = 75
@@ -40,14 +40,15 @@ FEATURES = 2048
 BN_EPSILON = 1e-3
 
 
-def conv_bn(x, filters: int, kernel: tuple[int, int], name: str, strides: int = 1, padding: str = "same"):
+def conv_bn(x: KerasTensor, filters: int, kernel: tuple[int, int], name: str, strides: int = 1,
+            padding: str = "same") -> KerasTensor:
     """Conv2D (no bias) -> BatchNormalization (no gamma, eps 1e-3) -> ReLU."""
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=name)(x)
     x = layers.BatchNormalization(axis=-1, scale=False, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def stem(x):
+def stem(x: KerasTensor) -> KerasTensor:
     """299 -> 35 px (80 -> 7 px) stem: five conv units and two max pools."""
     x = conv_bn(x, 32, (3, 3), "stem_conv", strides=2, padding="valid")
     x = conv_bn(x, 32, (3, 3), "stem_conv_1", padding="valid")
@@ -58,7 +59,7 @@ def stem(x):
     return layers.MaxPooling2D((3, 3), strides=2, name="stem_pool1")(x)
 
 
-def block_a(x, index: int, pool_filters: int):
+def block_a(x: KerasTensor, index: int, pool_filters: int) -> KerasTensor:
     """35x35 block (``mixed0``-``mixed2``): 1x1, 5x5, double 3x3 and avg-pool branches."""
     p = f"mixed{index}"
     b1 = conv_bn(x, 64, (1, 1), f"{p}_conv")
@@ -72,7 +73,7 @@ def block_a(x, index: int, pool_filters: int):
     return layers.Concatenate(axis=-1, name=p)([b1, b5, b3, bp])
 
 
-def block_b(x, index: int = 3):
+def block_b(x: KerasTensor, index: int = 3) -> KerasTensor:
     """35 -> 17 reduction block (``mixed3``)."""
     p = f"mixed{index}"
     b3 = conv_bn(x, 384, (3, 3), f"{p}_conv", strides=2, padding="valid")
@@ -83,7 +84,7 @@ def block_b(x, index: int = 3):
     return layers.Concatenate(axis=-1, name=p)([b3, bd, bp])
 
 
-def block_c(x, index: int, filters: int):
+def block_c(x: KerasTensor, index: int, filters: int) -> KerasTensor:
     """17x17 block (``mixed4``-``mixed7``) with factorized 7x7 convolutions."""
     p = f"mixed{index}"
     b1 = conv_bn(x, 192, (1, 1), f"{p}_conv")
@@ -100,7 +101,7 @@ def block_c(x, index: int, filters: int):
     return layers.Concatenate(axis=-1, name=p)([b1, b7, bd, bp])
 
 
-def block_d(x, index: int = 8):
+def block_d(x: KerasTensor, index: int = 8) -> KerasTensor:
     """17 -> 8 reduction block (``mixed8``)."""
     p = f"mixed{index}"
     b3 = conv_bn(x, 192, (1, 1), f"{p}_tower_conv")
@@ -113,7 +114,7 @@ def block_d(x, index: int = 8):
     return layers.Concatenate(axis=-1, name=p)([b3, b7, bp])
 
 
-def block_e(x, index: int, max_pool: bool):
+def block_e(x: KerasTensor, index: int, max_pool: bool) -> KerasTensor:
     """8x8 block (``mixed9``, ``mixed10``) with expanded 1x3 / 3x1 branches.
 
     ``max_pool`` selects a 3x3 max pool in the pool branch (Google's 2015

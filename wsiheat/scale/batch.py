@@ -37,13 +37,18 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from wsiheat import defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.fileio import ensure_out_dir
 from wsiheat.scale.runner import run_slides
-from wsiheat.scale.tasks import SlideTask, check_unique
+from wsiheat.scale.tasks import SlideResult, SlideTask, check_unique
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dask.distributed import Client
+
+    from wsiheat.inference.engine import HeatmapModel
 
 # --- extraction over many slides -------------------------------------------------------
 
@@ -101,7 +106,7 @@ def extract_shard(task: SlideTask, shard_dir: str, params: dict) -> dict:
 
 def extract_many(tasks: Sequence[SlideTask], output: str | os.PathLike, *, workers: int = 0,
                  scheduler: str | None = None, retries: int = 1, keep_shards: bool = False,
-                 progress: bool = True, client=None, **params) -> dict:
+                 progress: bool = True, client: Client | None = None, **params) -> dict:
     """Extract many slides in parallel into one patches file, resumably.
 
     Each slide becomes a shard ``OUTPUT.shards/NAME.h5`` (:func:`extract_shard`,
@@ -179,7 +184,7 @@ _LOADS = 0
 
 
 def cached_model(path: str | os.PathLike, precision: str = "auto", batch_size: int = defaults.PREDICT_BATCH_SIZE,
-                 tta: bool = False, backend: str = "auto"):
+                 tta: bool = False, backend: str = "auto") -> HeatmapModel:
     """A :class:`wsiheat.inference.engine.HeatmapModel` of ``path``, loaded once per process and reused.
 
     In a Dask worker process every task on that worker gets the same engine
@@ -265,8 +270,9 @@ def heatmap_task(task: SlideTask, model_path: str, out_dir: str, options: dict,
 
 def heatmap_many(tasks: Sequence[SlideTask], model_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  workers: int = 0, scheduler: str | None = None, retries: int = 1, progress: bool = True,
-                 resources: dict | None = None, client=None, overwrite: bool = False,
-                 window_progress: bool = False, on_result=None, **options) -> dict:
+                 resources: dict | None = None, client: Client | None = None, overwrite: bool = False,
+                 window_progress: bool = False,
+                 on_result: Callable[[SlideResult], None] | None = None, **options) -> dict:
     """Heatmaps of many slides, in this process or in parallel, resumably.
 
     The one many-slide heatmap driver: ``wsiheat heatmap`` uses it for a list of

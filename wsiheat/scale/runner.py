@@ -12,10 +12,13 @@ import logging
 import os
 import time
 import uuid
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from wsiheat.errors import WsiheatError
 from wsiheat.scale.tasks import SlideResult, SlideTask, error_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dask.distributed import Client
 
 
 def _timed(fn: Callable, task: SlideTask) -> tuple[dict, float, str]:
@@ -52,7 +55,7 @@ class _Progress:
         self.bar.close()
 
 
-def start_client(workers: int = 0, scheduler: str | None = None):
+def start_client(workers: int = 0, scheduler: str | None = None) -> Client:
     """A ``dask.distributed.Client``: to ``scheduler`` or to a new LocalCluster of ``workers`` processes.
 
     Returns
@@ -79,7 +82,7 @@ def start_client(workers: int = 0, scheduler: str | None = None):
 def run_slides(tasks: Sequence[SlideTask], fn: Callable[[SlideTask], dict], *, workers: int = 0,
                scheduler: str | None = None, retries: int = 1, desc: str = "slides",
                is_done: Callable[[SlideTask], bool] | None = None, progress: bool = True,
-               resources: dict | None = None, client=None,
+               resources: dict | None = None, client: Client | None = None,
                on_result: Callable[[SlideResult], None] | None = None) -> list[SlideResult]:
     """Run ``fn(task)`` for every slide, in process or on a Dask cluster.
 
