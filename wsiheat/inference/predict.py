@@ -236,7 +236,11 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
         Groups of neighbouring cells (:func:`tiles_of_cells`), each read with
         one region per tower.
     predict : callable
-        From :func:`make_predict_fn` with the same ``batch_size``.
+        From :func:`make_predict_fn` (or a backend of
+        :mod:`wsiheat.inference.backends`) with the same ``batch_size``. One
+        with a ``submit`` method (:class:`~wsiheat.inference.backends.OpenVINOPredict`)
+        is handed each batch without waiting, and ``predict.wait()`` is
+        called before returning.
     workers : int
         Reader threads (OpenSlide and OpenCV release the GIL); up to
         ``2 * workers`` tiles are read ahead.
