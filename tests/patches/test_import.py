@@ -71,3 +71,41 @@ def test_import_refuses_a_file_of_another_patient(tmp_path):
     res = run_cli("import", src, "-o", out)
     one_line_error(res, "10254_idx5_x900_y900_class0.png", "10253", "patient")
     assert not out.exists()
+
+
+def test_open_waits_for_another_process_lock_then_names_it(tmp_path):
+    """A patches file another process holds open for writing (its HDF5 lock): a short hold is waited
+    out; a long one is a one-line PatchFileError naming the file, never a hang."""
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+    from _helpers import write_patches
+
+    from wsiheat.errors import PatchFileError
+    from wsiheat.patches import store
+
+    images = np.zeros((4, 2, 8, 8, 3), np.uint8)
+    path = write_patches(tmp_path / "p.h5", images, np.zeros(4), np.zeros(4), ["s"])
+    holder = ("import h5py, sys, time\nf = h5py.File(sys.argv[1], 'a')\nprint('held', flush=True)\n"
+              "time.sleep(float(sys.argv[2]))\nf.close()\n")
+
+    def hold(seconds: float) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", holder, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "held"  # the writer has the file (and its lock) now
+        return p
+
+    p = hold(1.0)
+    t = time.monotonic()
+    with store.open_patches(path) as pf:  # waits for the lock, then reads
+        assert pf.n == 4
+    assert time.monotonic() - t >= 0.5
+    p.wait(timeout=60)
+    p = hold(store.LOCK_RETRY_SECONDS + 30)
+    try:
+        with pytest.raises(PatchFileError, match=r"p\.h5: cannot open HDF5 file \(locked by another process"):
+            store.open_patches(path)
+    finally:
+        p.kill()
+        p.wait(timeout=60)

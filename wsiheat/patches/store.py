@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -106,8 +107,22 @@ def tower_mismatch(a: dict, b: dict) -> str | None:
     return None
 
 
+LOCK_RETRY_SECONDS = 3.0
+"""How long an open waits for another process's HDF5 file lock to go (a writer closing the file,
+or a process forked while the file was open that has not yet closed its copy of the descriptor)."""
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
-    return h5py.File(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007)
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    while True:
+        try:
+            return h5py.File(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007)
+        except OSError as exc:
+            if "unable to lock file" not in str(exc) or time.monotonic() > deadline:
+                if "unable to lock file" in str(exc):
+                    raise OSError(f"locked by another process (is it being written?): {_first_line(exc)}") from None
+                raise
+            time.sleep(0.05)
 
 
 def normalize_attrs(attrs: dict) -> dict:
