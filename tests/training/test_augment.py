@@ -29,7 +29,7 @@ def test_augmentation_same_transform_for_every_tower():
     rng = np.random.default_rng(0)
     b, t, w = 64, 3, 12
     x = rng.integers(0, 256, (b, t, w, w, 3), dtype=np.uint8)
-    geo = np.asarray(augment_batch(x, AugmentConfig(brightness=0, saturation=0, hue=0, contrast=0)))
+    geo = np.asarray(augment_batch(x, AugmentConfig(brightness=0, saturation=0, hue=0, contrast=0, hed=0)))
     used = set()
     for i in range(b):
         cands = dihedral(x[i, 0])
@@ -97,7 +97,12 @@ def test_hed_augmentation_same_draw_for_every_tower_and_varies_across_samples():
     assert np.ptp(means, axis=0).max() > 5  # samples differ
     assert np.abs(out[:, 0] - img).mean() > 1  # and it changed the images
     off = np.asarray(augment_batch(x, AugmentConfig(rotate=False, flip=False, brightness=0, saturation=0,
-                                                    hue=0, contrast=0), seed=3))
+                                                    hue=0, contrast=0, hed=0), seed=3))
     assert np.array_equal(off, x)
+    # HED jitter is on by default (docs/experiments/stain-robustness.md, round 2)
+    assert AugmentConfig().hed == 0.35
+    default_hed = np.asarray(augment_batch(x, AugmentConfig(rotate=False, flip=False, brightness=0, saturation=0,
+                                                            hue=0, contrast=0), seed=3))
+    assert not np.array_equal(default_hed, x)
     with pytest.raises(WsiheatError, match="hed=1.5"):
         AugmentConfig(hed=1.5)

@@ -44,12 +44,12 @@ from wsiheat.wsi.stain import normalizer_names
               show_default=True, help="Class imbalance: loss weights or balanced sampling.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt/ after an interruption.")
 @click.option("--no-augment", is_flag=True, help="No rotation/flip/colour augmentation.")
-@click.option("--no-colour", is_flag=True, help="No RGB colour jitter (geometry, and HED jitter when asked).")
+@click.option("--no-colour", is_flag=True, help="No RGB colour jitter (geometry and HED jitter stay).")
 @click.option("--brightness", default=64 / 255, show_default=True, type=float)
 @click.option("--saturation", default=0.25, show_default=True, type=float)
 @click.option("--hue", default=0.04, show_default=True, type=float)
 @click.option("--contrast", default=0.75, show_default=True, type=float)
-@click.option("--hed-jitter", "hed_jitter", default=0.0, show_default=True, type=float, metavar="SIGMA",
+@click.option("--hed-jitter", "hed_jitter", default=defaults.HED_JITTER, show_default=True, type=float, metavar="SIGMA",
               help="HED stain augmentation: H, E, DAB concentrations scaled by U(1-SIGMA, 1+SIGMA) and shifted "
                    "by U(-SIGMA, SIGMA)*0.1 OD per sample (0: off).")
 @click.option("--stain-normalize", type=click.Choice(normalizer_names()), default=None,

@@ -11,7 +11,8 @@ the SAME random rotation (0/90/180/270 degrees), flips and colour draws:
   is scaled by ``U(1 - sigma, 1 + sigma)`` and shifted by
   ``U(-sigma, sigma) * HED_BIAS_SCALE`` optical-density units, and the result is
   mixed back (``rgb_from_hed``). It runs before the RGB jitter: staining
-  happens before lighting.
+  happens before lighting. On by default (sigma 0.35) since round 2 of
+  docs/experiments/stain-robustness.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from wsiheat import defaults
 from wsiheat.errors import WsiheatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +39,8 @@ class AugmentConfig:
     Defaults follow Liu et al. 2017: brightness max delta 64/255, saturation max
     delta 0.25 (factor 0.75-1.25), hue max delta 0.04, contrast max delta 0.75
     (factor 0.25-1.75); random orthogonal rotation and flips. ``hed`` is the
-    sigma of the HED stain jitter (0: off; see the module docstring).
+    sigma of the HED stain jitter (default :data:`wsiheat.defaults.HED_JITTER`,
+    0: off; see the module docstring).
     """
 
     rotate: bool = True
@@ -46,7 +49,7 @@ class AugmentConfig:
     saturation: float = 0.25
     hue: float = 0.04
     contrast: float = 0.75
-    hed: float = 0.0
+    hed: float = defaults.HED_JITTER
 
     def __post_init__(self):
         for name in ("brightness", "saturation", "hue", "contrast", "hed"):
