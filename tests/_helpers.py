@@ -196,3 +196,22 @@ def hed_shift(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
     hed[..., 0] *= h
     hed[..., 1] *= e
     return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
+
+
+TINY_META = {"window": 32, "center": 16, "stride": 16, "downsamples": [1.0, 2.0], "towers": 2,
+             "levels": [None, None]}
+"""Metadata of :func:`tiny_model`: two 32-px towers at downsamples 1 and 2."""
+
+
+def tiny_model(path, seed: int) -> Path:
+    """A saved 2-tower model on the tiny backbone, seeded, with a head scaled so probabilities spread over (0, 1)."""
+    import keras
+
+    from wsiheat.models.model import build_model, save_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(2, 32, weights="none", backbone="tiny", dropout=0.0)
+    head = model.get_layer("tumor")
+    k, b = head.get_weights()
+    head.set_weights([k * 40.0 / (np.abs(k).sum() + 1e-6), b])
+    return save_model(model, path, TINY_META)

@@ -9,36 +9,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _helpers import write_patches
+from _helpers import TINY_META, tiny_model, write_patches
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "stain_table.py"
-META = {"window": 32, "center": 16, "stride": 16, "downsamples": [1.0, 2.0], "towers": 2, "levels": [None, None]}
-
-
-def tiny(path, seed: int):
-    import keras
-
-    from wsiheat.models.model import build_model, save_model
-
-    keras.utils.set_random_seed(seed)
-    model = build_model(2, 32, weights="none", backbone="tiny", dropout=0.0)
-    head = model.get_layer("tumor")
-    k, b = head.get_weights()
-    head.set_weights([k * 40.0 / (np.abs(k).sum() + 1e-6), b])
-    return save_model(model, path, META)
-
-
 def test_stain_table_prints_models_and_seed_means(tmp_path):
     rng = np.random.default_rng(0)
     x = np.clip(rng.integers(0, 256, (64, 1, 1, 1, 3)) + rng.integers(-20, 21, (64, 2, 32, 32, 3)), 0, 255)
     x = x.astype(np.uint8)
     labels = (x[:, 0, 16, 16, 0] > 128).astype(np.uint8)
     ids = np.arange(64) % 8  # 8 "patients"
-    write_patches(tmp_path / "orig.h5", x, labels, ids, [f"p{i}" for i in range(8)], downsamples=META["downsamples"])
+    write_patches(tmp_path / "orig.h5", x, labels, ids, [f"p{i}" for i in range(8)], downsamples=TINY_META["downsamples"])
     shifted = np.clip(x.astype(int) * [1.0, 0.8, 1.1], 0, 255).astype(np.uint8)
-    write_patches(tmp_path / "s.h5", shifted, labels, ids, [f"p{i}" for i in range(8)], downsamples=META["downsamples"])
+    write_patches(tmp_path / "s.h5", shifted, labels, ids, [f"p{i}" for i in range(8)], downsamples=TINY_META["downsamples"])
     for name, seed in (("a", 1), ("a_s1", 2), ("b", 3)):
-        tiny(tmp_path / f"{name}.keras", seed)
+        tiny_model(tmp_path / f"{name}.keras", seed)
     r = subprocess.run([sys.executable, str(TOOL), "--models", *(f"{n}={tmp_path / n}.keras" for n in ("a", "a_s1", "b")),
                         "--sets", f"orig={tmp_path / 'orig.h5'}", f"s={tmp_path / 's.h5'}", "--cache",
                         str(tmp_path / "cache"), "--boot", "50"], capture_output=True, text=True, timeout=600)

@@ -7,28 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from _helpers import write_patches
+from _helpers import TINY_META, tiny_model, write_patches
 
 from wsiheat.cli.main import main
 from wsiheat.errors import WsiheatError
 from wsiheat.inference import backends
 from wsiheat.inference.engine import HeatmapModel
-
-META = {"window": 32, "center": 16, "stride": 16, "downsamples": [1.0, 2.0], "towers": 2, "levels": [None, None]}
-
-
-def tiny_model(path, seed: int):
-    """A 2-tower model on the tiny backbone, seeded, with a head scaled so probabilities spread over (0, 1)."""
-    import keras
-
-    from wsiheat.models.model import build_model, save_model
-
-    keras.utils.set_random_seed(seed)
-    model = build_model(2, 32, weights="none", backbone="tiny", dropout=0.0)
-    head = model.get_layer("tumor")
-    k, b = head.get_weights()
-    head.set_weights([k * 40.0 / (np.abs(k).sum() + 1e-6), b])
-    return save_model(model, path, META)
 
 
 def windows(n: int = 96) -> np.ndarray:
@@ -117,7 +101,7 @@ def test_evaluate_patches_backends_agree(tmp_path, capsys):
     path = tiny_model(tmp_path / "tiny.keras", 1)
     x = windows(40)
     labels = (x[:, 0, 16, 16, 0] > 128).astype(np.uint8)
-    write_patches(tmp_path / "p.h5", x, labels, np.zeros(40, np.int64), ["s"], downsamples=META["downsamples"])
+    write_patches(tmp_path / "p.h5", x, labels, np.zeros(40, np.int64), ["s"], downsamples=TINY_META["downsamples"])
     reports = {}
     for backend, precision in (("tensorflow", "float32"), ("openvino", "float32"), ("openvino", "auto")):
         out = tmp_path / f"{backend}_{precision}"
