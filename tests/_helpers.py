@@ -188,14 +188,14 @@ def cmu_region(x: int = 0, y: int = 0, w: int | None = None, h: int | None = Non
 
 
 def hed_shift(rgb: np.ndarray, h: float, e: float) -> np.ndarray:
-    """Another lab's staining: H and E concentrations scaled (scikit-image's colour deconvolution, as
-    ``tools/stain_shift.py`` does)."""
-    from skimage.color import hed2rgb, rgb2hed
+    """Another lab's staining: H and E concentrations scaled by ``tools/stain_shift.py``'s own
+    :func:`shift_image` (colour deconvolution without clipping)."""
+    import importlib.util
 
-    hed = rgb2hed(rgb)
-    hed[..., 0] *= h
-    hed[..., 1] *= e
-    return np.clip(np.rint(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
+    spec = importlib.util.spec_from_file_location("stain_shift", REPO / "tools" / "stain_shift.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.shift_image(rgb, h, e)
 
 
 TINY_META = {"window": 32, "center": 16, "stride": 16, "downsamples": [1.0, 2.0], "towers": 2,

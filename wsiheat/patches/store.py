@@ -118,10 +118,10 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         try:
             return h5py.File(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007)
         except OSError as exc:
-            if "unable to lock file" not in str(exc) or time.monotonic() > deadline:
-                if "unable to lock file" in str(exc):
-                    raise OSError(f"locked by another process (is it being written?): {_first_line(exc)}") from None
+            if "unable to lock file" not in str(exc):
                 raise
+            if time.monotonic() > deadline:
+                raise OSError(f"locked by another process (is it being written?): {_first_line(exc)}") from None
             time.sleep(0.05)
 
 
