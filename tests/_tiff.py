@@ -10,8 +10,8 @@ OpenSlide's *generic-tiff* driver (openslide-bin 4.0) wants:
 
 The level-0 resolution is stored in the TIFF resolution tags (centimetre
 unit), which OpenSlide reports as ``openslide.mpp-x`` / ``openslide.mpp-y``.
-JPEG compression needs the ``imagecodecs`` package, which is not a wsiheat
-dependency, so the default is zlib (lossless: pixel-exact comparisons work).
+The default compression is zlib (lossless: pixel-exact comparisons with the
+array written work); ``compression="jpeg"`` (through imagecodecs) is lossy.
 
 Level ``k`` has size ``ceil(W / 2**k) x ceil(H / 2**k)`` (for ``factor=2``):
 level 0 padded by edge replication and block-averaged (RGB) or subsampled

@@ -23,7 +23,10 @@ synthetic pyramidal TIFF):
   (one synchronous request, ``LATENCY`` hint), ``openvino-bf16-async2`` (2
   requests), ``-nopin`` (``ENABLE_CPU_PINNING=NO``), ``-t1`` (1 thread),
   ``-nostream`` (the pipeline waits for each whole batch instead of handing
-  it to :meth:`OpenVINOPredict.submit`);
+  it to :meth:`OpenVINOPredict.submit`); a suffix ``@openslide`` runs the same
+  backend end to end with every slide read through OpenSlide
+  (``WSIHEAT_SLIDE_READER=openslide``) instead of the default direct tile reads
+  (:mod:`wsiheat.wsi.tiff_tiles`), e.g. ``openvino-bf16,openvino-bf16@openslide``;
 * **stain normalisation** (``--stain-normalize reinhard,macenko,vahadane``):
   end to end for each backend with the model's metadata asking for that
   normaliser (target fitted on the embedded CMU H&E slide; the slide's source
@@ -31,10 +34,11 @@ synthetic pyramidal TIFF):
   reported in the call seconds), and its ratio to the same backend without
   normalisation (paired per round); goal >= 0.8;
 * **reader ceiling** (``--readers 1,2,4``): the same pipeline with a *null
-  model* (a function that returns at once) against *raw decode* (N threads,
-  each with its own OpenSlide handle, reading the same regions with
-  ``read_region`` and nothing else), in windows/s and decoded MPix/s: what
-  a GPU would be fed.
+  model* (a function that returns at once), with the default reader (direct
+  tile reads where they give OpenSlide's pixels) and with OpenSlide for
+  every read, against *raw decode* (N threads, each with its own OpenSlide
+  handle, reading the same regions with ``read_region`` and nothing else),
+  in windows/s and decoded MPix/s: what a GPU would be fed.
 
 Variants are interleaved over several rounds and the median is reported,
 because the machine may be shared. The model is a real 2-tower InceptionV3
@@ -53,6 +57,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -259,6 +264,24 @@ def run_e2e(path, meta, out, predict, backend, precision, args, readers) -> dict
 _KERAS: list = []
 
 
+@contextlib.contextmanager
+def slide_reader(how: str):
+    """Slides opened inside use ``how`` (``auto`` or ``openslide``), as ``WSIHEAT_SLIDE_READER`` does."""
+    import os
+
+    from wsiheat.wsi.tiff_tiles import READER_ENV
+
+    before = os.environ.pop(READER_ENV, None)
+    if how == "openslide":
+        os.environ[READER_ENV] = "openslide"
+    try:
+        yield
+    finally:
+        os.environ.pop(READER_ENV, None)
+        if before is not None:
+            os.environ[READER_ENV] = before
+
+
 def lscpu_line() -> str:
     """CPU model, cores and the flags that matter here, for the tables' headers."""
     import os
@@ -321,11 +344,15 @@ def main() -> None:
 
     _KERAS.append(load_model(model_path)[0])
     model = _KERAS[0]
-    engines = {}
+    engines, made = {}, {}
     for b in backends:
-        t = time.perf_counter()
-        engines[b] = make_backend(b, model_path, args.batch_size)
-        print(f"backend {b}: {engines[b][1]} {engines[b][2]} (ready in {time.perf_counter() - t:.1f} s)", flush=True)
+        base = b.split("@")[0]
+        if base not in made:
+            t = time.perf_counter()
+            made[base] = make_backend(base, model_path, args.batch_size)
+            print(f"backend {base}: {made[base][1]} {made[base][2]} (ready in {time.perf_counter() - t:.1f} s)",
+                  flush=True)
+        engines[b] = made[base]
     syn = work / f"synthetic_{args.synthetic_size}_{args.synthetic_compression}.tif"
     cases = []
     if "tcga" in args.slides:
@@ -363,7 +390,7 @@ def main() -> None:
                                    max(1, (1024 - spec.window) // spec.stride + 1))
             reads = region_reads(s, spec, centers, tiles)
         mpix = sum(w * h for _, _, (w, h) in reads) / 1e6
-        for predict, _, _ in engines.values():
+        for predict, _, _ in made.values():
             predict(windows[:args.batch_size])  # trace + warm up, excluded from all timings
         if args.seed_cells:
             model.predict(windows[:1], verbose=0)
@@ -375,7 +402,8 @@ def main() -> None:
             line = []
             for b, (predict, backend, prec) in engines.items():
                 res.setdefault((b, "alone"), []).append(model_alone(predict, windows, args.batch_size))
-                summ = run_e2e(path, meta, out, predict, backend, prec, args, args.workers)
+                with slide_reader("openslide" if b.endswith("@openslide") else "auto"):
+                    summ = run_e2e(path, meta, out, predict, backend, prec, args, args.workers)
                 res.setdefault((b, "e2e"), []).append(summ["patches_per_second"])
                 res.setdefault((b, "call"), []).append(summ["seconds"])
                 line.append(f"{b} e2e {res[b, 'e2e'][-1]:.1f} alone {res[b, 'alone'][-1]:.1f}")
@@ -385,15 +413,16 @@ def main() -> None:
                     res.setdefault((b, "stain_call", sn), []).append(summ["seconds"])
                     line.append(f"{b}+{sn} e2e {res[b, 'stain', sn][-1]:.1f}")
             for n in readers:
-                for key, own in (("null", False), ("null_own", True)):
-                    with Slide(path) as s:
+                for key, own, how in (("null", False, "auto"), ("null_own", True, "auto"),
+                                      ("null_os", False, "openslide")):
+                    with slide_reader(how), Slide(path) as s:
                         t = time.perf_counter()
                         predict_cells(s, spec, centers, tiles, null_model(args.batch_size), args.batch_size, n,
                                       own_handles=own)
                         res.setdefault((key, n), []).append(len(centers) / (time.perf_counter() - t))
                 res.setdefault(("raw", n), []).append(len(centers) / raw_decode(path, reads, n))
-                line.append(f"null/own-handles/raw x{n} {res['null', n][-1]:.0f}/{res['null_own', n][-1]:.0f}/"
-                            f"{res['raw', n][-1]:.0f}")
+                line.append(f"null/own-handles/openslide/raw x{n} {res['null', n][-1]:.0f}/"
+                            f"{res['null_own', n][-1]:.0f}/{res['null_os', n][-1]:.0f}/{res['raw', n][-1]:.0f}")
             if args.seed_cells:
                 with Slide(path) as s:
                     res.setdefault("seed", []).append(seed_style(s, spec, centers[:args.seed_cells], model))
@@ -419,7 +448,8 @@ def main() -> None:
         for n in readers:
             ceiling.append((label, n, med(res["null", n]), med(res["null_own", n]), med(res["raw", n]),
                             med(a / b for a, b in zip(res["null", n], res["raw", n])),
-                            med(a / b for a, b in zip(res["null_own", n], res["raw", n])), mpix / len(centers)))
+                            med(a / b for a, b in zip(res["null_own", n], res["raw", n])), mpix / len(centers),
+                            med(res["null_os", n]), med(a / b for a, b in zip(res["null_os", n], res["raw", n]))))
 
     if rows:
         print(f"\nmachine: {lscpu_line()}")
@@ -444,12 +474,13 @@ def main() -> None:
     if ceiling:
         print(f"\nreader ceiling, machine: {lscpu_line()}")
         print(f"{'slide':<24} {'readers':>7} {'null-model w/s':>14} {'MPix/s':>7} {'raw decode w/s':>14} {'MPix/s':>7} "
-              f"{'null/raw':>8} {'own handles w/s':>17} {'own/raw':>10}")
-        for label, n, a, sh, b, r, rs, mp in ceiling:
+              f"{'null/raw':>8} {'own handles w/s':>17} {'own/raw':>10} {'openslide w/s':>13} {'os/raw':>7}")
+        for label, n, a, sh, b, r, rs, mp, os_, ros in ceiling:
             print(f"{label:<24} {n:>7} {a:>14.1f} {a * mp:>7.1f} {b:>14.1f} {b * mp:>7.1f} {r:>8.2f} {sh:>17.1f} "
-                  f"{rs:>10.2f}")
-        print("null model: the heatmap pipeline (predict_cells: reader threads sharing the slide's OpenSlide handle, "
-              "batching) with a model that returns at once; own handles: the same with one handle per reader "
+                  f"{rs:>10.2f} {os_:>13.1f} {ros:>7.2f}")
+        print("null model: the heatmap pipeline (predict_cells: reader threads sharing the slide, direct tile reads "
+              "where they give OpenSlide's pixels, batching) with a model that returns at once; openslide: the same "
+              "with every read through OpenSlide; own handles: the same as null model with one slide per reader "
               "thread (predict_cells(own_handles=True), one shared tile cache); raw decode: the same OpenSlide "
               "regions read by N threads with their own handles, nothing else; MPix/s = decoded pixels (regions "
               "of every tower) per second; goal null/raw >= 0.8")
@@ -461,7 +492,8 @@ def main() -> None:
             "machine": lscpu_line(),
             "backends": [{"slide": lb, "variant": b, "backend": bp, **m} for lb, _, b, bp, m in rows],
             "ceiling": [{"slide": lb, "readers": n, "null": a, "own_handles": sh, "raw": b, "null_raw": r,
-                         "mpix_per_window": mp} for lb, n, a, sh, b, r, _, mp in ceiling]}, indent=1))
+                         "mpix_per_window": mp, "null_openslide": os_}
+                        for lb, n, a, sh, b, r, _, mp, os_, _ in ceiling]}, indent=1))
 
 
 if __name__ == "__main__":
