@@ -19,9 +19,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from wsiheat.errors import WsiheatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
@@ -248,7 +251,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def save_figure(fig, path: str | os.PathLike, tight_layout: bool = False) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike, tight_layout: bool = False) -> None:
     """Write a matplotlib figure as PNG atomically, then close it (the one figure writer)."""
     import matplotlib.pyplot as plt
 

@@ -207,7 +207,7 @@ def _save_atomically(ov_model, xml: Path) -> None:
         tmp.rmdir()
 
 
-def openvino_input_shape(ov_model) -> tuple:
+def openvino_input_shape(ov_model: openvino.Model) -> tuple:
     """The input shape of an OpenVINO model, ``None`` for dynamic dimensions."""
     ps = ov_model.inputs[0].get_partial_shape()
     return tuple(d.get_length() if d.is_static else None for d in ps)

@@ -247,10 +247,11 @@ def predict_cells(slide: Slide, spec: WindowSpec, centers0: np.ndarray, tiles: l
     progress : callable, optional
         Called with the number of windows done after each batch.
     own_handles : bool
-        Each reader thread reads through its own OpenSlide handle (opened on
-        its first tile; all handles share one tile cache) instead of all
-        sharing ``slide``; measured no faster on 2 cores (docs/benchmarks.md,
-        reader ceiling), so off by default.
+        Each reader thread reads through its own :class:`Slide` (opened on
+        its first tile; their OpenSlide handles share one tile cache, their
+        direct tile reads keep a cache each) instead of all sharing
+        ``slide``; measured slower on 2 cores (docs/benchmarks.md, reader
+        ceiling), so off by default.
     transform : callable, optional
         Applied to each tile's windows in the reader thread, before the model
         (the slide's stain normalisation, :class:`wsiheat.inference.stain.WindowStain`).

@@ -24,9 +24,12 @@ information: loading it never needs the registry.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from wsiheat.errors import WsiheatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
 
 #: smallest window InceptionV3's stem and reductions accept
 MIN_INCEPTION_WINDOW = 75
@@ -82,7 +85,7 @@ def get(name: str) -> Backbone:
         raise WsiheatError(f"backbone={name!r}: choose one of {', '.join(_REGISTRY)}") from None
 
 
-def tiny_backbone(input_shape=(None, None, 3), name: str = "tiny") -> "keras.Model":  # noqa: F821
+def tiny_backbone(input_shape: tuple = (None, None, 3), name: str = "tiny") -> keras.Model:
     """A two-convolution stand-in for InceptionV3 (fast tests only).
 
     Its two blocks are named ``mixed0`` and ``mixed1`` so that
@@ -110,7 +113,7 @@ def _tiny(window: int, variant: str, name: str):
     return tiny_backbone((window, window, 3), name=name)
 
 
-def backbones(model) -> list:
+def backbones(model: keras.Model) -> list[keras.Model]:
     """The distinct backbone sub-models of a model built by :func:`wsiheat.models.model.build_model`."""
     import keras
 

@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsiheat import __version__, defaults
 from wsiheat.errors import WsiheatError
@@ -23,6 +24,9 @@ from wsiheat.fileio import check_free_space, check_writable_dir, remove_stale_te
 from wsiheat.patches.sampling import WindowSpec, extract_slide, plan_windows, resolve_towers
 from wsiheat.patches.store import ShardWriter, compatibility_problems, merge_into, normalize_attrs, open_patches
 from wsiheat.wsi.slide import Slide
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wsiheat.wsi.annotations.groundtruth import GroundTruth
 
 #: Default tower levels (CAMELYON: level 2 ~ 10x and level 3 ~ 5x of a 40x scan).
 DEFAULT_LEVELS = (2, 3)
@@ -160,7 +164,7 @@ def extraction_attrs(slide: Slide, *, levels: tuple[int, ...] | None = None,
     return spec, attrs
 
 
-def write_shard(slide: Slide, ground_truth, shard: str | os.PathLike, spec: WindowSpec, attrs: dict, *,
+def write_shard(slide: Slide, ground_truth: GroundTruth | None, shard: str | os.PathLike, spec: WindowSpec, attrs: dict, *,
                 progress: bool = True, batch: int = 1024, merge_into_size: int | None = None) -> dict:
     """Plan one slide's windows and write them into a new shard file ``shard``.
 

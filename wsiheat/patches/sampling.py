@@ -28,12 +28,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsiheat import defaults
 from wsiheat.errors import WsiheatError
 from wsiheat.wsi.slide import Slide
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tqdm import tqdm
+
+    from wsiheat.patches.store import ShardWriter
+    from wsiheat.wsi.annotations.groundtruth import GroundTruth
+    from wsiheat.wsi.tissue import BandedTissueMask, TissueMask
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,7 @@ class WindowPlan:
     stats: dict
 
 
-def tumor_labels(grid: Grid, ground_truth, rows: np.ndarray, cols: np.ndarray,
+def tumor_labels(grid: Grid, ground_truth: GroundTruth | None, rows: np.ndarray, cols: np.ndarray,
                  block_cells: int = 32, coarse_cells: int = 8) -> np.ndarray:
     """Tumor label of cells: any tumor pixel in the central ``C x C`` tower-0 pixels.
 
@@ -272,7 +280,7 @@ def _coarse_tumor(grid: Grid, ground_truth, coarse_cells: int) -> np.ndarray:
     return ndimage.binary_dilation(coarse, iterations=1)
 
 
-def tumor_grid(grid: Grid, ground_truth, coarse_cells: int = 8) -> np.ndarray:
+def tumor_grid(grid: Grid, ground_truth: GroundTruth | None, coarse_cells: int = 8) -> np.ndarray:
     """:func:`tumor_labels` of every cell as a bool ``(n_rows, n_cols)`` grid.
 
     Only the cells under the coarse, dilated tumor view are listed and
@@ -308,7 +316,7 @@ def block_order(centers0: np.ndarray, spec: WindowSpec, block: int) -> np.ndarra
     return np.lexsort((tl[:, 0], tl[:, 1], bkey[:, 0], bkey[:, 1]))
 
 
-def rows_bar(total: int, name: str, progress: bool):
+def rows_bar(total: int, name: str, progress: bool) -> tqdm:
     """A tqdm bar of grid rows scanned for tissue (shown on a terminal only; a no-op bar when ``progress`` is false)."""
     from tqdm import tqdm
 
@@ -316,7 +324,8 @@ def rows_bar(total: int, name: str, progress: bool):
                 dynamic_ncols=True, mininterval=0.5)
 
 
-def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=None,
+def plan_windows(slide: Slide, spec: WindowSpec, ground_truth: GroundTruth | None = None, *,
+                 tissue: TissueMask | BandedTissueMask | None = None,
                  tissue_threshold: float = defaults.TISSUE_THRESHOLD, normal_ratio: float = defaults.NORMAL_RATIO,
                  max_normal: int | None = defaults.MAX_NORMAL,
                  seed: int = 0, block: int = 2048, progress: bool = False) -> WindowPlan:
@@ -407,9 +416,9 @@ def plan_windows(slide: Slide, spec: WindowSpec, ground_truth=None, *, tissue=No
     return WindowPlan(centers[order], labels[order], stats)
 
 
-def extract_slide(slide: Slide, ground_truth, spec: WindowSpec, writer, *, slide_info: dict | None = None,
-                  batch: int = 1024, block: int = 2048, progress: bool = True, plan: WindowPlan | None = None,
-                  **plan_kwargs) -> dict:
+def extract_slide(slide: Slide, ground_truth: GroundTruth | None, spec: WindowSpec, writer: ShardWriter, *,
+                  slide_info: dict | None = None, batch: int = 1024, block: int = 2048, progress: bool = True,
+                  plan: WindowPlan | None = None, **plan_kwargs) -> dict:
     """Plan, read and write one slide's windows into a :class:`wsiheat.patches.store.ShardWriter`.
 
     Windows are read with :func:`read_windows` in batches of about ``batch``

@@ -9,11 +9,14 @@ the sequence on stored maps for ``evaluate tune`` and ``fit-scorer``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wsiheat import defaults
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wsiheat.postprocess.scorer import LesionScorer
 
 #: default Gaussian sigma, in cells, of the map that ranks lesions and gives the slide score
 SMOOTH_SIGMA = defaults.SMOOTH_SIGMA
@@ -120,7 +123,8 @@ def smooth_heatmap(prob: np.ndarray, tissue: np.ndarray, sigma: float = SMOOTH_S
     return np.where(tissue, num / np.maximum(den, 1e-12), 0.0).clip(0.0, 1.0)
 
 
-def lesion_map(prob: np.ndarray, tissue: np.ndarray, smooth: float = SMOOTH_SIGMA, scorer=None) -> np.ndarray:
+def lesion_map(prob: np.ndarray, tissue: np.ndarray, smooth: float = SMOOTH_SIGMA,
+               scorer: LesionScorer | None = None) -> np.ndarray:
     """The map that locates and ranks lesion points and gives the slide score.
 
     Parameters
@@ -144,7 +148,8 @@ def lesion_map(prob: np.ndarray, tissue: np.ndarray, smooth: float = SMOOTH_SIGM
 
 def postprocess(prob: np.ndarray, tissue: np.ndarray, cell_size: float, *, smooth: float = SMOOTH_SIGMA,
                 lesion_threshold: float = defaults.LESION_THRESHOLD, nms_radius: float | None = None,
-                scorer=None, origin: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+                scorer: LesionScorer | None = None, origin: tuple[float, float] = (0.0, 0.0)
+                ) -> tuple[np.ndarray, np.ndarray]:
     """The post-processing of a raw map, as ``wsiheat heatmap`` runs it: the lesion map, then its lesion points.
 
     Parameters

@@ -21,11 +21,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsiheat.errors import WsiheatError
 from wsiheat.training.augment import AugmentConfig, augment_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
+
+    from wsiheat.patches.stain import PatchStain
 
 
 @dataclass
@@ -249,7 +255,7 @@ class _RowSource:
 def make_dataset(pf: PatchSummary, rows: np.ndarray, batch_size: int, *, training: bool,
                  augment: AugmentConfig | None = AugmentConfig(), balance: str = "weights",
                  seed: int = 0, memory_budget: int | None = None, shuffle_buffer: int | None = None,
-                 block_rows: int | None = None, stain=None):
+                 block_rows: int | None = None, stain: PatchStain | None = None) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``(uint8 (B,T,W,W,3), float32 (B,1))`` batches.
 
     Parameters

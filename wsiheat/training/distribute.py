@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from wsiheat.errors import WsiheatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
 
 # --- training strategies -----------------------------------------------------------------
 
@@ -32,7 +40,7 @@ def tf_config_workers(env: dict | None = None) -> int:
 _MW_STRATEGY = None
 
 
-def multiworker_strategy():
+def multiworker_strategy() -> tf.distribute.Strategy:
     """The process's ``MultiWorkerMirroredStrategy`` (from ``TF_CONFIG``), created once.
 
     TensorFlow configures the collectives when the strategy is created, which
@@ -57,7 +65,7 @@ def multiworker_strategy():
     return _MW_STRATEGY
 
 
-def select_strategy():
+def select_strategy() -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy for training on the resources at hand.
 
     * ``TF_CONFIG`` describing more than one worker: ``MultiWorkerMirroredStrategy``
@@ -111,7 +119,8 @@ def tf_config_is_chief(env: dict | None = None) -> bool:
 STAT_BINS = 200
 
 
-def binned_stats(y_true, y_pred, sample_weight=None, bins: int = STAT_BINS):
+def binned_stats(y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None,
+                 bins: int = STAT_BINS) -> tf.Tensor:
     """Additive statistics of a batch: ``[tp, fp, tn, fn, hist_pos(bins), hist_neg(bins)]``.
 
     Summed over replicas and steps they give accuracy, sensitivity,
@@ -136,7 +145,7 @@ def binned_stats(y_true, y_pred, sample_weight=None, bins: int = STAT_BINS):
     return tf.concat([tf.stack([tp, fp, tn, fn, fp_spec]), hpos, hneg], axis=0)
 
 
-def metrics_from_stats(stats) -> dict:
+def metrics_from_stats(stats: np.ndarray | tf.Tensor) -> dict:
     """AUC, accuracy, sensitivity, specificity from summed :func:`binned_stats`.
 
     The AUC is the Mann-Whitney AUC of the binned scores (ties within a bin
@@ -260,7 +269,8 @@ def all_reduce_mean(strategy, value: float) -> float:
     return float(f())
 
 
-def train_steps(model, dataset, strategy, steps: int, *, optimizer, loss_fn, global_batch_size: int,
+def train_steps(model: keras.Model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, steps: int, *,
+                optimizer: keras.optimizers.Optimizer, loss_fn: Callable, global_batch_size: int,
                 class_weight: dict | None = None) -> list[float]:
     """``steps`` synchronous data-parallel steps (:class:`StepRunner`); the global mean loss per step."""
     runner = StepRunner(model, dataset, strategy, optimizer=optimizer, loss_fn=loss_fn,

@@ -13,8 +13,12 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsiheat.fileio import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ def _keras_callback_base():
 
 def make_checkpointer(ckpt: Path, history_path: Path, state: dict, history: list,
                        stage: int, stage_start: int, stage_end: int, lr: float, decay: float,
-                       patience: int, monitor: str = "val_loss"):
+                       patience: int, monitor: str = "val_loss") -> keras.callbacks.Callback:
     Base = _keras_callback_base()
 
     class Checkpointer(Base):

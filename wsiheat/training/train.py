@@ -70,6 +70,8 @@ from wsiheat.training.history import (
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
+    from wsiheat.patches.stain import PatchStain
+
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("loss", "auc", "accuracy", "sensitivity", "specificity")
@@ -499,7 +501,7 @@ def train(patches: str | os.PathLike, output: str | os.PathLike, config: TrainCo
 
 
 def training_stain(config: TrainConfig, pf: PatchSummary, vf: PatchSummary, train_rows: np.ndarray,
-                   val_rows: np.ndarray):
+                   val_rows: np.ndarray) -> tuple[PatchStain | None, PatchStain | None]:
     """The stain normalisation of training and validation rows, or ``(None, None)``.
 
     The normaliser is ``config.stain_normalize`` with its target from

@@ -306,6 +306,8 @@ class Slide:
         if self._tiles is not None:
             try:
                 arr = self._tiles.read((int(location[0]), int(location[1])), level, (w, h), background)
+            except SlideError:  # OpenSlide's own read (a level's first-read check) failed: already worded
+                raise
             except Exception as exc:  # noqa: BLE001 - tifffile/imagecodecs raise many kinds on a damaged tile
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise SlideError(f"{self.path}: read failed at {tuple(location)} level {level}: {msg}") from None

@@ -31,7 +31,7 @@ import collections
 import os
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -56,14 +56,17 @@ class TileCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key):
+    def get(self, key: Hashable) -> np.ndarray | None:
+        """The tile cached under ``key`` (now the most recently used), or None."""
         with self._lock:
             tile = self._tiles.get(key)
             if tile is not None:
                 self._tiles.move_to_end(key)
             return tile
 
-    def put(self, key, tile: np.ndarray) -> None:
+    def put(self, key: Hashable, tile: np.ndarray) -> None:
+        """Keep ``tile``, dropping the least recently used tiles beyond the bound (a tile larger than
+        the whole bound is not kept)."""
         if tile.nbytes > self.max_bytes:
             return
         with self._lock:

@@ -316,7 +316,7 @@ class BandedTissueMask:
         return TissueMask(out, self.downsample)
 
 
-def cell_fractions(mask, cell: float, grid_shape: tuple[int, int], side: float,
+def cell_fractions(mask: TissueMask | BandedTissueMask, cell: float, grid_shape: tuple[int, int], side: float,
                    band_pixels: int = 1 << 21) -> Iterator[tuple[int, np.ndarray]]:
     """Tissue fraction of the boxes centred on the cells of a regular grid, band of cell rows by band.
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from wsiheat.errors import GroundTruthError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Iterable, Sequence
 
 #: ASAP groups that are tumor / holes in CAMELYON16.
 TUMOR_GROUPS = ("tumor", "_0", "_1", "metastases", "metastasis")
@@ -53,7 +56,7 @@ def read_asap_xml(path: str | os.PathLike) -> tuple[list[np.ndarray], list[np.nd
     return pos, neg
 
 
-def asap_annotations_xml(annotations, groups, decimals: int = 1) -> str:
+def asap_annotations_xml(annotations: Iterable[tuple], groups: Sequence[tuple[str, str]], decimals: int = 1) -> str:
     """ASAP annotation XML: the one writer of the format.
 
     Parameters
