@@ -481,8 +481,9 @@ def main() -> None:
         print("null model: the heatmap pipeline (predict_cells: reader threads sharing the slide, direct tile reads "
               "where they give OpenSlide's pixels, batching) with a model that returns at once; openslide: the same "
               "with every read through OpenSlide; own handles: the same as null model with one slide per reader "
-              "thread (predict_cells(own_handles=True): one shared OpenSlide cache, a direct-read cache each); raw decode: the same OpenSlide "
-              "regions read by N threads with their own handles, nothing else; MPix/s = decoded pixels (regions "
+              "thread (predict_cells(own_handles=True): one shared OpenSlide cache, a direct-read cache each); "
+              "raw decode: the same OpenSlide regions read by N threads with their own handles, nothing else; "
+              "MPix/s = decoded pixels (regions "
               "of every tower) per second; goal null/raw >= 0.8")
     print(f"load average now {os.getloadavg()[0]:.1f}")
     if args.json:

@@ -10,7 +10,8 @@ import pytest
 from _viewer import MOSAICS, REPO, he_region
 from PIL import Image
 
-from wsiheat.viewer.tiles import HeatmapLayer, SlideLayer, StainMap, TileCache, TileNotFound, dz_level_dimensions, tile_bounds
+from wsiheat.cache import TileCache
+from wsiheat.viewer.tiles import HeatmapLayer, SlideLayer, StainMap, TileNotFound, dz_level_dimensions, tile_bounds
 
 SLIDES = [MOSAICS / "test_tumor_001.tif", REPO / "data" / "slides" / "cmu-1-small-region.svs"]
 
@@ -69,6 +70,8 @@ def test_tile_cache_is_lru_and_bounded():
     assert cache.nbytes == 30 and len(cache) == 3
     cache.put("big", b"z" * 31)         # larger than the cache: not kept
     assert cache.get("big") is None and cache.nbytes == 30
+    cache.put("e", np.zeros(5, np.uint16))  # arrays count their nbytes: 10, evicts c
+    assert cache.nbytes == 30 and cache.get("c") is None and cache.get("e") is not None
 
 
 def test_stain_map_is_the_heatmaps_normaliser_with_the_slides_source():

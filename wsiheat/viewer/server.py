@@ -32,10 +32,11 @@ from typing import Self
 import openslide
 from flask import Flask, Response, abort, request
 
+from wsiheat.cache import TileCache
 from wsiheat.errors import WsiheatError
 from wsiheat.viewer.catalog import Catalog, SlideEntry
 from wsiheat.viewer.pages import render_index, render_slide, slide_data
-from wsiheat.viewer.tiles import COLORMAPS, HeatmapLayer, SlideLayer, StainMap, TileCache, TileNotFound, colormap_lut
+from wsiheat.viewer.tiles import COLORMAPS, HeatmapLayer, SlideLayer, StainMap, TileNotFound, colormap_lut
 
 #: content types of the static assets by suffix
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".png": "image/png",

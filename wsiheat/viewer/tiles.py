@@ -27,8 +27,6 @@ import io
 import math
 import re
 import threading
-from collections import OrderedDict
-from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -100,62 +98,6 @@ def tile_bounds(level_size: tuple[int, int], col: int, row: int, tile_size: int 
 def _check_level(level: int, n_levels: int) -> None:
     if not 0 <= level < n_levels:
         raise TileNotFound(f"level {level} outside 0..{n_levels - 1}")
-
-
-class TileCache:
-    """A thread-safe least-recently-used cache of encoded tiles, bounded in bytes.
-
-    Parameters
-    ----------
-    max_bytes : int
-        Total size of the cached values; the least recently used are dropped beyond it.
-    """
-
-    def __init__(self, max_bytes: int = 256 << 20):
-        self.max_bytes = int(max_bytes)
-        self._data: OrderedDict[Hashable, bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Hashable) -> bytes | None:
-        """The cached value of ``key`` (marked as recently used), or None."""
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: Hashable, value: bytes) -> None:
-        """Store ``value``; evict the least recently used entries beyond ``max_bytes``."""
-        if len(value) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._size -= len(old)
-            self._data[key] = value
-            self._size += len(value)
-            while self._size > self.max_bytes:
-                _, dropped = self._data.popitem(last=False)
-                self._size -= len(dropped)
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        with self._lock:
-            self._data.clear()
-            self._size = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held."""
-        return self._size
 
 
 class SlideLayer:

@@ -27,15 +27,15 @@ turns direct reads off.
 
 from __future__ import annotations
 
-import collections
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Hashable
+from typing import Callable
 
 import numpy as np
 
 from wsiheat import defaults
+from wsiheat.cache import TileCache
 
 #: OpenSlide vendors whose levels are plain tiled TIFF pages
 DIRECT_VENDORS = ("aperio", "generic-tiff")
@@ -45,44 +45,6 @@ READER_ENV = "WSIHEAT_SLIDE_READER"
 
 #: a region whose level origin is within this of a whole pixel starts on it
 _WHOLE = 1e-6
-
-
-class TileCache:
-    """A thread-safe LRU cache of decoded tiles, bounded by their bytes."""
-
-    def __init__(self, max_bytes: int = defaults.TILE_CACHE_BYTES):
-        self.max_bytes = int(max_bytes)
-        self._tiles: collections.OrderedDict = collections.OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> np.ndarray | None:
-        """The tile cached under ``key`` (now the most recently used), or None."""
-        with self._lock:
-            tile = self._tiles.get(key)
-            if tile is not None:
-                self._tiles.move_to_end(key)
-            return tile
-
-    def put(self, key: Hashable, tile: np.ndarray) -> None:
-        """Keep ``tile``, dropping the least recently used tiles beyond the bound (a tile larger than
-        the whole bound is not kept)."""
-        if tile.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            old = self._tiles.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._tiles[key] = tile
-            self._bytes += tile.nbytes
-            while self._bytes > self.max_bytes:
-                _, dropped = self._tiles.popitem(last=False)
-                self._bytes -= dropped.nbytes
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the tiles held now."""
-        return self._bytes
 
 
 class TiffLevel:
