@@ -67,8 +67,9 @@ class TiffLevel:
         self.width, self.height = int(page.imagewidth), int(page.imagelength)
         self.tile_width, self.tile_height = int(page.tilewidth), int(page.tilelength)
         self._across = -(-self.width // self.tile_width)
-        self._offsets = tuple(int(o) for o in page.dataoffsets)
-        self._counts = tuple(int(c) for c in page.databytecounts)
+        # numpy, not the page's tuples of Python ints: 16 bytes a tile (a 40-gigapixel level-0 has ~600k)
+        self._offsets = np.asarray(page.dataoffsets, np.int64)
+        self._counts = np.asarray(page.databytecounts, np.int64)
         self._jpegtables = page.jpegtables
         self._decode: Callable = page.decode  # tifffile's decoder for this page (thread-safe)
 
@@ -82,8 +83,8 @@ class TiffLevel:
         tile = self._cache.get(key)
         if tile is not None:
             return tile
-        count = self._counts[index]
-        data = os.pread(self._fd, count, self._offsets[index]) if count else None
+        count = int(self._counts[index])
+        data = os.pread(self._fd, count, int(self._offsets[index])) if count else None
         if data is not None and len(data) < count:
             raise OSError(f"tile {index} is cut short ({len(data)} of {count} bytes)")
         segment, _, _ = self._decode(data, index, jpegtables=self._jpegtables)
@@ -119,8 +120,7 @@ class TiffLevel:
         downsample is not an integer (only that origin is whole then).
         """
         whole = abs(downsample - round(downsample)) < _WHOLE
-        index = max((i for i in range(self.n_tiles) if self._counts[i]), key=self._counts.__getitem__,
-                    default=0) if whole else 0
+        index = int(np.argmax(self._counts)) if whole and self.n_tiles else 0
         x, y = (index % self._across) * self.tile_width, (index // self._across) * self.tile_height
         return x, y, min(self.tile_width, self.width - x), min(self.tile_height, self.height - y)
 
