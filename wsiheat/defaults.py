@@ -33,8 +33,9 @@ HED_JITTER = 0.35
 BATCH_SIZE = 32
 
 # -- slide reading -----------------------------------------------------------------------
-#: bytes of decoded tiles kept per open slide by the direct TIFF tile reader (wsi/tiff_tiles.py)
-TILE_CACHE_BYTES = 64 << 20
+#: bytes of decoded tiles kept per open slide by the direct TIFF tile reader (wsi/tiff_tiles.py);
+#: OpenSlide's own default cache is the same size
+TILE_CACHE_BYTES = 32 << 20
 
 # -- inference and post-processing -------------------------------------------------------
 #: windows per model call when predicting

@@ -27,6 +27,7 @@ turns direct reads off.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from pathlib import Path
@@ -45,6 +46,9 @@ READER_ENV = "WSIHEAT_SLIDE_READER"
 
 #: a region whose level origin is within this of a whole pixel starts on it
 _WHOLE = 1e-6
+
+#: tiles in all levels above which opening a slide frees tifffile's parsed tables at once
+_BIG_TABLES = 50_000
 
 
 class TiffLevel:
@@ -188,6 +192,12 @@ class TiffTiles:
                         levels[lv] = TiffLevel(fd, match[0], lv, cache)
         except Exception:  # noqa: BLE001 - anything tifffile cannot map is left to OpenSlide
             levels = {}
+        tf = pages = match = None  # noqa: F841 - drop the last references to tifffile's pages
+        if sum(lvl.n_tiles for lvl in levels.values()) > _BIG_TABLES:
+            # tifffile's pages hold their tile tables as tuples of Python ints (~90 bytes a tile) in
+            # reference cycles: free them now, not at some later collection, so a large slide's
+            # tables do not add to the peak memory of the work that follows
+            gc.collect()
         if not levels:
             if fd >= 0:
                 os.close(fd)
