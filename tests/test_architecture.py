@@ -62,6 +62,9 @@ def test_imports_only_go_down_the_documented_order():
             continue
         upward.append(f"{file} imports {module}")
     assert upward == []
+    # "Nothing but cli imports cli or demo"
+    assert [f"{f} imports {m}" for f, stage, m in stage_imports()
+            if stage not in ("cli", "demo") and m.split(".")[1] in ("cli", "demo")] == []
     # the exceptions are still used (else the doc should drop them)
     used = {(s, p) for s, p in EXCEPTIONS for _, stage, module in stage_imports() if stage == s and module.startswith(p)}
     assert used == EXCEPTIONS
