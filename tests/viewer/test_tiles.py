@@ -93,3 +93,22 @@ def test_stain_map_is_the_heatmaps_normaliser_with_the_slides_source():
     # degenerate source statistics: the tile as it is, counted
     bad = StainMap.from_summary({"stain": {**record, "source": {**record["source"], "max_conc": [0.0, 0.0]}}})
     assert np.array_equal(bad(tile), tile) and bad.unnormalised == 1
+
+
+@pytest.mark.parametrize("path", SLIDES, ids=lambda p: p.name)
+def test_slide_tiles_read_directly_are_openslides(path, monkeypatch):
+    """The viewer reads TIFF tiles directly (wsi/tiff_tiles.py) where it can: every tile image, before
+    JPEG encoding, is the one OpenSlide's reads give."""
+    direct = SlideLayer(path)
+    monkeypatch.setenv("WSIHEAT_SLIDE_READER", "openslide")
+    ref = SlideLayer(path)
+    try:
+        assert direct._slide is not None and direct._slide.reader == "direct" and ref._slide is None
+        for level in range(direct.level_count):
+            cols, rows = direct.dz.level_tiles[level]
+            for c, r in {(0, 0), (cols - 1, rows - 1), (cols // 2, rows // 2)}:
+                assert np.array_equal(np.asarray(direct.image(level, c, r)), np.asarray(ref.image(level, c, r))), \
+                    (level, c, r)
+    finally:
+        direct.close()
+        ref.close()

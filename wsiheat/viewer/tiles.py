@@ -135,6 +135,17 @@ class SlideLayer:
         self._images_lock = threading.Lock()
         bg = str(self.osr.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR) or "ffffff")
         self._background = "#" + (bg if re.fullmatch(r"[0-9a-fA-F]{6}", bg) else "ffffff")
+        # regions through wsiheat's Slide where it decodes TIFF tiles directly (the same pixels as
+        # OpenSlide's, 1.5-3x faster: wsi/tiff_tiles.py); it composites onto white, so only then
+        self._slide = None
+        if self._background.lower() == "#ffffff" and isinstance(self.osr, openslide.OpenSlide):
+            from wsiheat.wsi.slide import Slide
+
+            slide = Slide(path)
+            if slide.reader == "direct":
+                self._slide = slide
+            else:
+                slide.close()
 
     def check(self, level: int, col: int, row: int) -> None:
         """Raise :class:`TileNotFound` unless the tile exists."""
@@ -177,10 +188,7 @@ class SlideLayer:
             else:
                 f = 2 ** (self.level_count - 1 - level)
                 best = self.osr.get_best_level_for_downsample(f)
-                region = self.osr.read_region((0, 0), best, self.osr.level_dimensions[best])
-                bg = Image.new("RGB", region.size, self._background)
-                bg.paste(region, mask=region.getchannel("A") if region.mode == "RGBA" else None)
-                img = bg.resize(size, Image.Resampling.BOX)
+                img = self._region((0, 0), best, self.osr.level_dimensions[best]).resize(size, Image.Resampling.BOX)
             self._images[level] = img
             return img
 
@@ -224,11 +232,20 @@ class SlideLayer:
         from PIL import Image
 
         loc, slide_level, size = self.dz.get_tile_coordinates(level, (col, row))
-        region = self.osr.read_region(loc, slide_level, size)
-        img = Image.new("RGB", region.size, self._background)
-        img.paste(region, mask=region.getchannel("A") if region.mode == "RGBA" else None)
+        img = self._region(loc, slide_level, size)
         z = tuple(int(v) for v in self.dz.get_tile_dimensions(level, (col, row)))
         return img if img.size == z else img.resize(z, Image.Resampling.BOX)
+
+    def _region(self, location: tuple[int, int], level: int, size: tuple[int, int]):
+        """A slide region as an RGB Pillow image on the slide's background colour."""
+        from PIL import Image
+
+        if self._slide is not None:
+            return Image.fromarray(self._slide.read_region(location, level, size), "RGB")
+        region = self.osr.read_region(location, level, size)
+        img = Image.new("RGB", region.size, self._background)
+        img.paste(region, mask=region.getchannel("A") if region.mode == "RGBA" else None)
+        return img
 
     def warm(self) -> None:
         """Make the in-memory coarse level now (the server calls it when it opens the slide)."""
@@ -246,6 +263,8 @@ class SlideLayer:
 
     def close(self) -> None:
         """Close the slide."""
+        if self._slide is not None:
+            self._slide.close()
         self.osr.close()
         self._images.clear()
 
