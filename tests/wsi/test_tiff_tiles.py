@@ -111,8 +111,8 @@ def test_threads_share_one_bounded_cache(pyramid_slide, rng):
     """Four threads reading at once through a cache far smaller than the slide: OpenSlide's pixels every
     time, and the cache never holds more than its bound."""
     path = pyramid_slide(cmu_region(0, 0, 1500, 1500), 2, compression="jpeg", tile=128)
-    reads = [r for r in (random_reads(Slide(path), rng, 200)) if r[1] == 0]
     with Slide(path, reader="openslide") as ref:
+        reads = [r for r in random_reads(ref, rng, 200) if r[1] == 0]
         want = [ref.read_region(*r) for r in reads]
     with Slide(path) as s:
         s._tiles.cache.max_bytes = 20 * 128 * 128 * 3  # 20 tiles of the 144 on level 0

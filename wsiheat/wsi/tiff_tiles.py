@@ -137,6 +137,22 @@ def _page_ok(page) -> bool:
         return False
 
 
+def _map_levels(path: str | os.PathLike, level_dimensions: tuple[tuple[int, int], ...], fd: int,
+                cache: TileCache) -> dict[int, TiffLevel]:
+    """A :class:`TiffLevel` for each level that is exactly one usable tiled page of its size
+    (tifffile's pages are no longer referenced once this returns)."""
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tf:
+        pages = [p for p in tf.pages if _page_ok(p)]
+        levels = {}
+        for lv, (w, h) in enumerate(level_dimensions):
+            match = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == (w, h)]
+            if len(match) == 1:
+                levels[lv] = TiffLevel(fd, match[0], lv, cache)
+    return levels
+
+
 class TiffTiles:
     """Direct reads of a slide's tiled TIFF levels, checked against OpenSlide.
 
@@ -177,22 +193,12 @@ class TiffTiles:
         """
         if vendor not in DIRECT_VENDORS or os.environ.get(READER_ENV, "").strip().lower() == "openslide":
             return None
-        fd = -1
+        fd, cache = -1, TileCache(cache_bytes)
         try:
-            import tifffile
-
-            with tifffile.TiffFile(str(path)) as tf:
-                pages = [p for p in tf.pages if _page_ok(p)]
-                fd = os.open(str(path), os.O_RDONLY)
-                cache = TileCache(cache_bytes)
-                levels = {}
-                for lv, (w, h) in enumerate(level_dimensions):
-                    match = [p for p in pages if (int(p.imagewidth), int(p.imagelength)) == (w, h)]
-                    if len(match) == 1:
-                        levels[lv] = TiffLevel(fd, match[0], lv, cache)
+            fd = os.open(str(path), os.O_RDONLY)
+            levels = _map_levels(path, level_dimensions, fd, cache)
         except Exception:  # noqa: BLE001 - anything tifffile cannot map is left to OpenSlide
             levels = {}
-        tf = pages = match = None  # noqa: F841 - drop the last references to tifffile's pages
         if sum(lvl.n_tiles for lvl in levels.values()) > _BIG_TABLES:
             # tifffile's pages hold their tile tables as tuples of Python ints (~90 bytes a tile) in
             # reference cycles: free them now, not at some later collection, so a large slide's
